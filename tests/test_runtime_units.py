@@ -1,0 +1,100 @@
+"""In-process unit tests of the runtime's small parts (no subprocess)."""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from workers.contract import ErrorKind, check_file_name
+from workers.runtime.cache import ModelCache
+from workers.runtime.engine import json_path
+from workers.runtime.errors import InvalidInput, classify_exception
+from workers.runtime.outputs import OutputStage
+from workers.runtime.paths import contained
+
+
+def test_json_path_from_pydantic_locations():
+    assert json_path(()) == "$"
+    assert json_path(("formats", 1)) == "$.formats[1]"
+    assert json_path(("segments", 0, "words", 2, "start")) == "$.segments[0].words[2].start"
+
+
+class OutOfMemoryError(RuntimeError):  # same name as torch.cuda.OutOfMemoryError
+    pass
+
+
+@pytest.mark.parametrize("exc, kind", [
+    (MemoryError(), ErrorKind.resource),
+    (OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), ErrorKind.resource),
+    (RuntimeError("CUDA error: out of memory"), ErrorKind.resource),
+    (OSError(errno.ENOSPC, "No space left on device"), ErrorKind.resource),
+    (KeyError("x"), ErrorKind.internal),
+    (InvalidInput("bad"), ErrorKind.invalid_input),
+])
+def test_classify_exception(exc, kind):
+    err = classify_exception(exc)
+    assert err.kind == kind
+    assert ("traceback" in err.details) is (kind == ErrorKind.internal and not isinstance(exc, InvalidInput))
+
+
+def test_model_cache_keeps_one_model_and_evicts_the_old_one_first():
+    evicted, events = [], []
+    cache = ModelCache(capacity=1, on_evict=lambda m: evicted.append(m))
+
+    def loader(name):
+        def load():
+            events.append(("load", name, list(evicted)))
+            return name
+        return load
+
+    assert cache.get_or_load("a", loader("a")) == ("a", False)
+    assert cache.get_or_load("a", loader("a")) == ("a", True)
+    assert cache.get_or_load("b", loader("b")) == ("b", False)
+    assert events[-1] == ("load", "b", ["a"])  # "a" was released before "b" was loaded
+    assert cache.loads == 2 and cache.keys() == ["b"]
+
+
+@pytest.mark.parametrize("name", ["../x", "a/b", "..", ".", "a\\b", "c:evil", "x\x00y", " lead", ""])
+def test_check_file_name_rejects_paths(name):
+    with pytest.raises(ValueError):
+        check_file_name(name)
+
+
+@given(st.text(min_size=1, max_size=40))
+def test_contained_never_escapes(tmp_path_factory, name):
+    base = tmp_path_factory.getbasetemp() / "base"
+    try:
+        target = contained(base, name)
+    except (InvalidInput, ValueError, OSError):
+        return
+    assert base.resolve() in target.parents
+
+
+def test_output_stage_discards_everything_on_failure(tmp_path):
+    out = tmp_path / "new"
+    stage = OutputStage(out)
+    stage.path("a.txt").write_text("partial")
+    stage.discard()
+    assert not out.exists()
+
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "keep.txt").write_text("mine")
+    stage = OutputStage(existing)
+    stage.path("b.txt").write_text("partial")
+    stage.discard()
+    assert [p.name for p in existing.iterdir()] == ["keep.txt"]
+
+
+def test_output_stage_commit_moves_files_and_hashes(tmp_path):
+    stage = OutputStage(tmp_path / "o")
+    stage.path("sub.srt").write_text("1\n")
+    stage.path("declared-but-unwritten.txt")
+    outputs = stage.commit()
+    assert [Path(o.path).name for o in outputs] == ["sub.srt"]
+    assert outputs[0].media_type == "application/x-subrip" and outputs[0].bytes == 2
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["sub.srt"]

@@ -1,0 +1,40 @@
+"""The committed schemas are what the contract models generate, and they are valid Draft 2020-12."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import jsonschema
+
+from conftest import REPO
+
+
+def test_committed_schemas_match_the_models():
+    proc = subprocess.run([sys.executable, "-m", "bridge", "schema", "--check"], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_schema_check_detects_a_stale_file(tmp_path):
+    subprocess.run([sys.executable, "-m", "bridge", "schema", "--write", "--dir", str(tmp_path)], check=True,
+                   capture_output=True)
+    envelope = tmp_path / "envelope.schema.json"
+    envelope.write_text(envelope.read_text().replace('"success"', '"succeeded"'))
+    (tmp_path / "old.schema.json").write_text("{}")
+    proc = subprocess.run([sys.executable, "-m", "bridge", "schema", "--check", "--dir", str(tmp_path)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert "envelope.schema.json" in proc.stderr and "old.schema.json" in proc.stderr
+
+
+def test_every_schema_is_valid_draft_2020_12_with_a_contract_version():
+    files = sorted((REPO / "schemas").glob("*.schema.json"))
+    names = {f.name for f in files}
+    assert {"envelope.schema.json", "serve.schema.json", "manifest.schema.json",
+            "whisper.args.schema.json", "whisper.result.schema.json"} <= names
+    for f in files:
+        doc = json.loads(f.read_text("utf-8"))
+        jsonschema.Draft202012Validator.check_schema(doc)
+        assert doc["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+        assert doc["x-contract-version"] == "1.0.0"

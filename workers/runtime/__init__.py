@@ -1,0 +1,35 @@
+"""The shared worker runtime: contract handling, stdout discipline, warm mode. No torch here."""
+
+from .cli import main, run_worker
+from .context import JobContext
+from .errors import (
+    ExternalError,
+    InternalError,
+    InvalidInput,
+    ModelUnavailable,
+    ResourceExhausted,
+    TransientError,
+    WorkerError,
+    classify_exception,
+    require_module,
+)
+from .paths import check_allowed, input_file
+from .worker import Worker
+
+__all__ = [
+    "ExternalError",
+    "InternalError",
+    "InvalidInput",
+    "JobContext",
+    "ModelUnavailable",
+    "ResourceExhausted",
+    "TransientError",
+    "Worker",
+    "WorkerError",
+    "check_allowed",
+    "classify_exception",
+    "input_file",
+    "main",
+    "require_module",
+    "run_worker",
+]

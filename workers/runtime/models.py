@@ -1,0 +1,50 @@
+"""Model resolution shared by all workers: a local directory, or a hub id found in the local cache.
+
+No network unless the args set `allow_download`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import InvalidInput, ModelUnavailable
+from .paths import check_allowed
+
+
+def looks_like_path(value: str) -> bool:
+    return (value.startswith((".", "~", "/", "\\")) or os.sep in value.replace("/", os.sep) and value.count("/") != 1
+            or Path(value).is_absolute() or (len(value) > 1 and value[1] == ":"))
+
+
+def resolve_model_dir(value: str, *, allow_download: bool = False, revision: str | None = None,
+                      field: str = "model") -> Path:
+    """A directory holding the model files.
+
+    `value` is a local directory, or a hub id (`org/name`) looked up in the Hugging Face cache
+    (`HF_HOME`/`HF_HUB_CACHE`), downloaded only when `allow_download` is true.
+    """
+    candidate = Path(value).expanduser()
+    if candidate.exists():
+        if not candidate.is_dir():
+            raise InvalidInput(f"{field} {value!r} is a file; pass the model's directory")
+        return check_allowed(candidate, field)
+    if looks_like_path(value):
+        raise ModelUnavailable(f"{field} directory {value!r} does not exist. Pass an existing model directory "
+                               "or a hub id such as 'org/name' that is in the local cache.")
+    try:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.constants import HF_HUB_CACHE
+    except ImportError:  # pragma: no cover - every model extra depends on huggingface_hub
+        raise ModelUnavailable(f"{field} {value!r} is not a local directory and huggingface_hub is not installed") from None
+    try:
+        return Path(snapshot_download(repo_id=value, revision=revision, local_files_only=not allow_download))
+    except Exception as exc:  # noqa: BLE001 - LocalEntryNotFoundError, RepositoryNotFoundError, HTTP errors
+        how = (f"download it first (`hf download {value}` on a machine with hub access, then copy the cache "
+               f"or the directory), pass a local directory, or set allow_download: true")
+        if allow_download:
+            how = "check the id and your network/token"
+        raise ModelUnavailable(
+            f"{field} {value!r} is not in the local Hugging Face cache ({HF_HUB_CACHE}): {how}",
+            details={"model": value, "cache_dir": str(HF_HUB_CACHE), "cause": f"{type(exc).__name__}: {exc}"},
+        ) from None
