@@ -52,8 +52,8 @@ def _is_out_of_memory(exc: BaseException) -> bool:
     # torch.cuda.OutOfMemoryError / torch.OutOfMemoryError, matched by name so torch is never imported here.
     if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
         return True
-    text = str(exc)
-    return isinstance(exc, RuntimeError) and ("CUDA out of memory" in text or "CUDA error: out of memory" in text)
+    # torch: "CUDA out of memory"; CTranslate2: "CUDA failed with error out of memory".
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
 
 def classify_exception(exc: BaseException) -> WorkerError:

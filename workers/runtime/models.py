@@ -18,7 +18,7 @@ def looks_like_path(value: str) -> bool:
 
 
 def resolve_model_dir(value: str, *, allow_download: bool = False, revision: str | None = None,
-                      field: str = "model") -> Path:
+                      field: str = "model", cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """A directory holding the model files.
 
     `value` is a local directory, or a hub id (`org/name`) looked up in the Hugging Face cache
@@ -38,13 +38,14 @@ def resolve_model_dir(value: str, *, allow_download: bool = False, revision: str
     except ImportError:  # pragma: no cover - every model extra depends on huggingface_hub
         raise ModelUnavailable(f"{field} {value!r} is not a local directory and huggingface_hub is not installed") from None
     try:
-        return Path(snapshot_download(repo_id=value, revision=revision, local_files_only=not allow_download))
+        return Path(snapshot_download(repo_id=value, revision=revision, cache_dir=cache_dir,
+                                      local_files_only=not allow_download))
     except Exception as exc:  # noqa: BLE001 - LocalEntryNotFoundError, RepositoryNotFoundError, HTTP errors
         how = (f"download it first (`hf download {value}` on a machine with hub access, then copy the cache "
                f"or the directory), pass a local directory, or set allow_download: true")
         if allow_download:
             how = "check the id and your network/token"
         raise ModelUnavailable(
-            f"{field} {value!r} is not in the local Hugging Face cache ({HF_HUB_CACHE}): {how}",
-            details={"model": value, "cache_dir": str(HF_HUB_CACHE), "cause": f"{type(exc).__name__}: {exc}"},
+            f"{field} {value!r} is not in the local Hugging Face cache ({cache_dir or HF_HUB_CACHE}): {how}",
+            details={"model": value, "cache_dir": str(cache_dir or HF_HUB_CACHE), "cause": f"{type(exc).__name__}: {exc}"},
         ) from None
