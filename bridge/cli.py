@@ -1,0 +1,126 @@
+"""`python -m bridge <command>`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _schema(opts: argparse.Namespace) -> int:
+    from . import schema_cmd
+
+    schema_dir = Path(opts.dir) if opts.dir else schema_cmd.SCHEMA_DIR
+    if opts.write:
+        names = schema_cmd.write(schema_dir)
+        print(f"wrote {len(names)} schemas to {schema_dir}: {', '.join(names)}")
+        return 0
+    stale = schema_cmd.check(schema_dir)
+    if stale:
+        print(f"schemas out of date in {schema_dir}: {', '.join(stale)}\n"
+              "run `python -m bridge schema --write` and commit the result", file=sys.stderr)
+        return 1
+    print(f"schemas in {schema_dir} match the contract models")
+    return 0
+
+
+def _load_manifest(path: str, as_json: bool):
+    """(LoadedManifest, None) or (None, exit code) after reporting every problem."""
+    from .manifest import ManifestInvalid, load
+
+    try:
+        return load(path), None
+    except ManifestInvalid as exc:
+        if as_json:
+            print(json.dumps({"ok": False, "manifest": exc.source, "errors": [p.as_dict() for p in exc.problems]},
+                             ensure_ascii=False))
+        else:
+            print(f"invalid manifest {exc.source}: {len(exc.problems)} problem(s)", file=sys.stderr)
+            for line in exc.lines():
+                print(f"  {line}", file=sys.stderr)
+        return None, 2
+
+
+def _validate(opts: argparse.Namespace) -> int:
+    loaded, code = _load_manifest(opts.manifest, opts.json)
+    if loaded is None:
+        return code
+    if opts.json:
+        print(json.dumps({"ok": True, "manifest": str(loaded.path), "workdir": str(loaded.workdir),
+                          "order": loaded.order}, ensure_ascii=False))
+    else:
+        print(f"manifest {loaded.path} is valid: {len(loaded.order)} step(s), order {' -> '.join(loaded.order)}")
+    return 0
+
+
+def _run(opts: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from .runner import Runner, RunOptions
+
+    events_stdout = opts.events == "-"
+    loaded, code = _load_manifest(opts.manifest, events_stdout)
+    if loaded is None:
+        return code
+    if opts.workdir:
+        loaded.workdir = Path(opts.workdir).resolve()
+    cancel = threading.Event()
+    options = RunOptions(force=set(opts.force), only=set(opts.only), until=set(opts.until), dry_run=opts.dry_run,
+                         explain=opts.explain, events_stdout=events_stdout)
+    runner = Runner(loaded, options, cancel=cancel, console=sys.stderr if events_stdout else sys.stdout,
+                    events_mirror=sys.stdout if events_stdout else None)
+
+    def stop(signum, _frame):  # Ctrl-C / SIGTERM: stop the worker tree, record, exit 130
+        cancel.set()
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, stop)
+    try:
+        return runner.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bridge", description="storybridge reference runner")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    schema = sub.add_parser("schema", help="check or regenerate the committed JSON schemas")
+    group = schema.add_mutually_exclusive_group(required=True)
+    group.add_argument("--check", action="store_true", help="exit 1 when schemas/ differs from the models")
+    group.add_argument("--write", action="store_true", help="regenerate schemas/")
+    schema.add_argument("--dir", help="schema directory (default: the repository's schemas/)")
+    schema.set_defaults(func=_schema)
+
+    validate = sub.add_parser("validate", help="check a manifest; every problem is listed with its JSON path (exit 2)")
+    validate.add_argument("manifest")
+    validate.add_argument("--json", action="store_true", help="print the result as one JSON document")
+    validate.set_defaults(func=_validate)
+
+    run = sub.add_parser("run", help="run a manifest (resumes by default: committed steps that verify are skipped)",
+                         description="Exit codes: 0 ok, 1 a step failed, 2 invalid manifest or selection, "
+                         "3 workdir locked by another runner, 4 setup error (schemas missing), 130 interrupted.")
+    run.add_argument("manifest")
+    run.add_argument("--explain", action="store_true", help="print run/skip and why for every step")
+    run.add_argument("--dry-run", action="store_true", help="print the plan; run nothing (workers get --describe only)")
+    run.add_argument("--force", action="append", default=[], metavar="ID", help="re-run this step (repeatable)")
+    pick = run.add_mutually_exclusive_group()
+    pick.add_argument("--only", action="append", default=[], metavar="ID",
+                      help="run only this step, with committed upstream results (repeatable)")
+    pick.add_argument("--until", action="append", default=[], metavar="ID",
+                      help="run this step and its ancestors only (repeatable)")
+    run.add_argument("--events", metavar="-", choices=["-"],
+                     help="'-': also write the JSON-lines events to stdout (the human output goes to stderr)")
+    run.add_argument("--workdir", help="override the manifest's workdir")
+    run.set_defaults(func=_run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = build_parser().parse_args(argv)
+    return opts.func(opts)
