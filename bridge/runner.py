@@ -526,6 +526,19 @@ class Runner:
     def _print_summary(self, exit_code: int) -> None:
         if self.console is None:
             return
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"run {self.run_id}", title_justify="left", show_edge=False)
+        for column, justify in (("step", "left"), ("worker", "left"), ("status", "left"), ("attempts", "right"),
+                                ("wall s", "right"), ("why", "left")):
+            table.add_column(column, justify=justify, overflow="fold")
+        for sid, tr in self.trace.items():
+            why = (tr.error or {}).get("message") or tr.reason
+            table.add_row(sid, self.m.steps[sid].worker, tr.status, str(len(tr.attempts)), f"{tr.wall_s:.2f}",
+                          str(why)[:160])
+        # A plain-text table when the console is not a terminal (CI logs, pipes); colour only on a TTY.
+        Console(file=self.console, width=120 if not self.console.isatty() else None, highlight=False).print(table)
         counts = ", ".join(f"{n} {s}" for s, n in sorted(self._summary_counts().items()))
         self._say(f"run {self.run_id}: exit {exit_code} ({counts}); trace: {self.workdir / 'trace.json'}")
 
