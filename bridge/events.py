@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -40,6 +39,3 @@ class EventLog:
             self._file.close()
             self._file = None
 
-
-def stdout_mirror() -> TextIO:
-    return sys.stdout

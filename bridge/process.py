@@ -12,7 +12,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +36,6 @@ class ProcessResult:
     peak_rss_mb: float | None
     timed_out: bool = False
     cancelled: bool = False
-    pid: int | None = None
-    stdout_truncated: bool = False
-    worker_events: int = 0
-    notes: list[str] = field(default_factory=list)
 
 
 def _pdeathsig_preexec() -> Callable[[], None] | None:
@@ -144,18 +140,15 @@ def run_process(argv: list[str], *, cwd: Path | None = None, env: dict[str, str]
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             cwd=str(cwd) if cwd else None, env=env, **popen_kwargs())
     chunks: list[bytes] = []
-    size = [0, False]  # bytes kept, truncated
+    kept_bytes = [0]
     tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
-    counts = [0]
 
     def read_stdout() -> None:
         assert proc.stdout is not None
         for chunk in iter(lambda: proc.stdout.read(65536), b""):
-            if size[0] + len(chunk) <= MAX_STDOUT_BYTES:
+            if kept_bytes[0] + len(chunk) <= MAX_STDOUT_BYTES:  # beyond: dropped, so the answer fails to parse
                 chunks.append(chunk)
-                size[0] += len(chunk)
-            else:
-                size[1] = True
+                kept_bytes[0] += len(chunk)
 
     def read_stderr() -> None:
         assert proc.stderr is not None
@@ -167,7 +160,6 @@ def run_process(argv: list[str], *, cwd: Path | None = None, env: dict[str, str]
                 line = raw.decode("utf-8", "replace").rstrip("\r\n")
                 event = _worker_event(line)
                 if event is not None:
-                    counts[0] += 1
                     if on_event:
                         try:
                             on_event(event)
@@ -206,19 +198,16 @@ def run_process(argv: list[str], *, cwd: Path | None = None, env: dict[str, str]
         if cancelled or timed_out:
             kill_tree(proc, kill_grace_s)
             break
-    notes: list[str] = []
     for t in readers:
         t.join(timeout=2.0)
     if any(t.is_alive() for t in readers):
         # The worker exited but something it started still holds the pipes: stop the stragglers.
-        notes.append("worker left processes holding its stdout/stderr; they were killed")
         _kill_group(proc.pid)
         for t in readers:
             t.join(timeout=2.0)
     return ProcessResult(exit_code=proc.returncode, stdout=b"".join(chunks), stderr_tail=list(tail),
                          wall_s=round(time.monotonic() - started, 4), peak_rss_mb=peak, timed_out=timed_out,
-                         cancelled=cancelled, pid=proc.pid, stdout_truncated=bool(size[1]),
-                         worker_events=counts[0], notes=notes)
+                         cancelled=cancelled)
 
 
 def _worker_event(line: str) -> dict[str, Any] | None:

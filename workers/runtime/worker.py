@@ -42,7 +42,9 @@ class Worker(ABC, Generic[A, R]):
 
     @abstractmethod
     def run(self, model: Any, args: A, ctx: JobContext) -> R:
-        """Run one job with a loaded model; write files via ctx.output_path()."""
+        """Run one job with a loaded model; write files via ctx.output_path().
+
+        Set ctx.device here, not in load(): a warm cache hit skips load()."""
 
     def unload(self, model: Any) -> None:
         """Release a model evicted from the warm cache."""
