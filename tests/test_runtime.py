@@ -11,12 +11,13 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from workers.contract import EXIT_CODES, ErrorKind
+from workers.contract import CONTRACT_VERSION, EXIT_CODES, ErrorKind
 
 from conftest import FIXTURE_WORKER, REPO
 
 ENVELOPE_SCHEMA = json.loads((REPO / "schemas" / "envelope.schema.json").read_text("utf-8"))
 SERVE_SCHEMA = json.loads((REPO / "schemas" / "serve.schema.json").read_text("utf-8"))
+DESCRIBE_SCHEMA = json.loads((REPO / "schemas" / "describe.schema.json").read_text("utf-8"))
 
 
 def run_fixture(tmp_path: Path, args: dict | bytes | None, *extra: str, env: dict | None = None, input_bytes: bytes | None = None):
@@ -91,7 +92,7 @@ def test_unexpected_exception_is_internal_with_traceback_only_in_details(tmp_pat
     assert code == EXIT_CODES[ErrorKind.internal] == 7
     err = doc["error"]
     assert err["kind"] == "internal" and err["retryable"] is False
-    assert err["message"] == "Unexpected ValueError: fixture bug"
+    assert err["message"] == "Unexpected ValueError while running the job: fixture bug"
     assert "Traceback" in err["details"]["traceback"] and "Traceback" not in err["message"]
 
 
@@ -111,19 +112,25 @@ def test_invalid_args_rejected_before_heavy_imports_with_json_paths(tmp_path):
 
 def test_unsupported_contract_major_is_invalid_input(tmp_path):
     code, doc, _ = run_fixture(tmp_path, {"contract_version": "2.0.0", "output_dir": str(tmp_path / "o")})
-    assert code == 2 and "contract_version 2.0.0 is not supported" in doc["error"]["message"]
+    assert code == 2 and f"speaks contract {CONTRACT_VERSION} (major 1)" in doc["error"]["message"]
+    assert doc["error"]["details"]["field_errors"][0]["path"] == "$.contract_version"
     code, doc, _ = run_fixture(tmp_path, {"contract_version": "1.7.3", "output_dir": str(tmp_path / "o")})
     assert code == 0  # a newer minor of the same major is accepted
 
 
 @pytest.mark.parametrize("payload, expected", [
-    (b"{not json", "not valid UTF-8 JSON"),
+    (b"{not json", "is not valid JSON"),
     (b"[1, 2]", "args must be a JSON object"),
-    (b"\xff\xfe{}", "not valid UTF-8 JSON"),
+    (b"\xff\xfe{\x00}\x00", "is UTF-16; write it as UTF-8"),
+    (b"{\"echo\": \"caf\xe9\"}", "is not valid UTF-8 (byte 13)"),
+    (b"", "is empty"),
+    (b" \n\t", "is empty"),
 ])
-def test_unparseable_args_file_is_invalid_input(tmp_path, payload, expected):
+def test_unparseable_args_file_is_invalid_input_with_a_field_error(tmp_path, payload, expected):
     code, doc, _ = run_fixture(tmp_path, payload)
+    assert_envelope(doc)
     assert code == 2 and expected in doc["error"]["message"]
+    assert [e["path"] for e in doc["error"]["details"]["field_errors"]] == ["$"]
 
 
 def test_utf8_bom_args_and_non_ascii_round_trip(tmp_path):
@@ -170,7 +177,8 @@ def test_schema_and_describe_load_no_model(tmp_path):
     assert "heavy_module" not in stderr
     code, doc, _ = run_fixture(tmp_path, None, "--describe")
     assert code == 0
-    assert doc["name"] == "fixture" and doc["version"] == "1.0.0" and doc["contract_version"] == "1.0.0"
+    assert doc["name"] == "fixture" and doc["version"] == "1.0.0" and doc["contract_version"] == CONTRACT_VERSION
+    jsonschema.Draft202012Validator(DESCRIBE_SCHEMA).validate(doc)
     assert "cpu" in doc["devices"]
 
 

@@ -8,6 +8,8 @@ import sys
 
 import jsonschema
 
+from workers.contract import CONTRACT_VERSION
+
 from conftest import REPO
 
 
@@ -31,10 +33,10 @@ def test_schema_check_detects_a_stale_file(tmp_path):
 def test_every_schema_is_valid_draft_2020_12_with_a_contract_version():
     files = sorted((REPO / "schemas").glob("*.schema.json"))
     names = {f.name for f in files}
-    assert {"envelope.schema.json", "serve.schema.json", "manifest.schema.json",
+    assert {"envelope.schema.json", "serve.schema.json", "manifest.schema.json", "describe.schema.json",
             "whisper.args.schema.json", "whisper.result.schema.json"} <= names
     for f in files:
         doc = json.loads(f.read_text("utf-8"))
         jsonschema.Draft202012Validator.check_schema(doc)
         assert doc["$schema"] == "https://json-schema.org/draft/2020-12/schema"
-        assert doc["x-contract-version"] == "1.0.0"
+        assert doc["x-contract-version"] == CONTRACT_VERSION

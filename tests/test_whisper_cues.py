@@ -61,9 +61,12 @@ def test_args_reject_bad_values(bad):
         Args.model_validate({**BASE, **bad})
 
 
-def test_args_normalise_device_and_language():
-    args = Args.model_validate({**BASE, "device": " CUDA:1 ", "language": "DE", "compute_type": "float16"})
+def test_args_take_device_and_language_exactly_as_the_schema_spells_them():
+    args = Args.model_validate({**BASE, "device": "cuda:1", "language": "de", "compute_type": "float16"})
     assert (args.device, args.language) == ("cuda:1", "de")
+    for variant in ({"device": " CUDA:1 "}, {"language": "DE"}):  # no silent normalising: the schema refuses them
+        with pytest.raises(ValidationError):
+            Args.model_validate({**BASE, **variant})
 
 
 def test_contract_import_is_light():

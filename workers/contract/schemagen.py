@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from .describe import WorkerDescription
 from .envelope import ResultEnvelope
 from .registry import WORKER_CONTRACT_MODULES, worker_models
 from .serve import ServePong, ServeReady, ServeRequest, ServeResult, ServeShutdown
@@ -54,6 +55,8 @@ def generate_all() -> dict[str, dict]:
     docs: dict[str, dict] = {
         "envelope.schema.json": _document(ResultEnvelope, "envelope.schema.json", "Worker result envelope", "serialization"),
         "serve.schema.json": _serve_document(),
+        "describe.schema.json": _document(WorkerDescription, "describe.schema.json", "Worker --describe answer",
+                                          "serialization"),
     }
     for name in sorted(WORKER_CONTRACT_MODULES):
         args, result = worker_models(name)

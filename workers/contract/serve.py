@@ -10,6 +10,8 @@ Responses (stdout, one per line, each with an `event`):
   {"event": "result", "id": "a1", ...envelope fields}
   {"event": "pong", "id": "p1", ...}
   {"event": "shutdown", "id": "s1"}            then the process exits 0
+  {"event": "shutdown", "reason": "signal"}    SIGTERM/SIGINT while idle; exit 5 (a job in flight is
+                                              answered first, with a `transient` result marked cancelled)
 """
 
 from __future__ import annotations
@@ -57,4 +59,7 @@ class ServeShutdown(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     event: Literal["shutdown"] = "shutdown"
-    id: str | int | None = None
+    id: str | int | None = Field(default=None, description="The shutdown request's id; null when not asked for.")
+    reason: Literal["request", "signal"] = Field(
+        default="request",
+        description="`request`: a shutdown op (exit 0). `signal`: SIGTERM/SIGINT while idle (exit 5).")

@@ -3,7 +3,10 @@
 Major: incompatible change (a worker refuses args of another major).
 Minor: backward-compatible additions (new optional fields, new result fields).
 Patch: documentation or schema-text fixes only.
+
+1.1.0: the args schemas carry every rule the workers enforce (enums, patterns, uniqueItems, cross-field
+`if`/`then`), args are validated strictly (no type coercion), `describe.schema.json`, `details.cancelled`.
 """
 
-CONTRACT_VERSION = "1.0.0"
+CONTRACT_VERSION = "1.1.0"
 CONTRACT_MAJOR = int(CONTRACT_VERSION.split(".")[0])

@@ -4,6 +4,7 @@ from .cli import main, run_worker
 from .context import JobContext
 from .errors import (
     ExternalError,
+    FieldErrors,
     InternalError,
     InvalidInput,
     ModelUnavailable,
@@ -11,6 +12,7 @@ from .errors import (
     TransientError,
     WorkerError,
     classify_exception,
+    is_out_of_memory,
     require_module,
 )
 from .paths import check_allowed, input_file
@@ -18,6 +20,7 @@ from .worker import Worker
 
 __all__ = [
     "ExternalError",
+    "FieldErrors",
     "InternalError",
     "InvalidInput",
     "JobContext",
@@ -29,6 +32,7 @@ __all__ = [
     "check_allowed",
     "classify_exception",
     "input_file",
+    "is_out_of_memory",
     "main",
     "require_module",
     "run_worker",

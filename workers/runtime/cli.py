@@ -13,11 +13,11 @@ from typing import Any, NoReturn
 
 import orjson
 
-from workers.contract import CONTRACT_VERSION, EXIT_CODES, EXIT_SUCCESS, ErrorKind
+from workers.contract import CONTRACT_VERSION, EXIT_CODES, EXIT_SUCCESS, ErrorKind, WorkerDescription
 
 from .cache import ModelCache
 from .engine import execute, failure_envelope
-from .errors import InvalidInput, TransientError
+from .errors import InvalidInput, ResourceExhausted, TransientError
 from .events import emit, install_log_handler
 from .stdio import ProtocolStream, dumps, force_utf8
 from .worker import Worker
@@ -45,18 +45,36 @@ def _parser(worker: Worker) -> _Parser:
     return p
 
 
+def _unreadable(message: str, type_: str) -> InvalidInput:
+    return InvalidInput(message, details={"field_errors": [{"path": "$", "message": message, "type": type_}]})
+
+
 def read_args_file(path: str) -> Any:
-    """The args document, UTF-8 (a BOM from e.g. a .NET writer is tolerated)."""
+    """The args document, UTF-8 JSON (a BOM from e.g. a .NET writer is tolerated).
+
+    Every way the document can be unreadable is `invalid_input` with a `$` field error saying which."""
+    source = "args on stdin" if path == "-" else f"args file {path!r}"
     try:
         data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+    except IsADirectoryError:
+        raise _unreadable(f"{source} is a directory, not a file", "args_unreadable") from None
     except OSError as exc:
-        raise InvalidInput(f"cannot read args file {path!r}: {exc.strerror or exc}") from None
+        raise _unreadable(f"cannot read {source}: {exc.strerror or exc}", "args_unreadable") from None
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
+    if not data.strip():
+        raise _unreadable(f"{source} is empty; expected a JSON object", "args_empty")
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise _unreadable(f"{source} is UTF-16; write it as UTF-8 (e.g. new UTF8Encoding(false) in .NET)",
+                          "args_encoding")
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _unreadable(f"{source} is not valid UTF-8 (byte {exc.start}); write it as UTF-8", "args_encoding") from None
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"args file {path!r} is not valid UTF-8 JSON: {exc}") from None
+        raise _unreadable(f"{source} is not valid JSON: {exc}", "args_json") from None
 
 
 def write_atomic(path: str, data: bytes) -> None:
@@ -75,13 +93,15 @@ def write_atomic(path: str, data: bytes) -> None:
 
 
 def describe(worker: Worker) -> dict[str, Any]:
+    """The `--describe` answer (schemas/describe.schema.json)."""
     try:
         devices = worker.devices()
     except Exception as exc:  # noqa: BLE001 - describing must not fail on a broken driver
         devices = ["cpu"]
         emit("log", worker=worker.name, level="warning", message=f"device probe failed: {exc}")
-    return {"name": worker.name, "version": worker.version, "contract_version": CONTRACT_VERSION,
-            "devices": devices, "python": platform.python_version(), "platform": sys.platform, "pid": os.getpid()}
+    return WorkerDescription(name=worker.name, version=worker.version, contract_version=CONTRACT_VERSION,
+                             devices=devices, python=platform.python_version(), platform=sys.platform,
+                             pid=os.getpid()).model_dump(mode="json")
 
 
 def schemas(worker: Worker) -> dict[str, Any]:
@@ -90,11 +110,25 @@ def schemas(worker: Worker) -> dict[str, Any]:
             "result": worker.Result.model_json_schema(mode="serialization")}
 
 
-def _terminate_as_interrupt() -> None:
-    """SIGTERM unwinds like Ctrl-C: staged outputs are discarded and an envelope is still written."""
+class Cancelled(KeyboardInterrupt):
+    """SIGTERM (or SIGINT) arrived: unwind like Ctrl-C so staged outputs are discarded, then answer."""
 
+    def __init__(self, signum: int):
+        super().__init__(f"signal {signum}")
+        self.signal_name = signal.Signals(signum).name
+
+
+def cancelled_error(exc: KeyboardInterrupt) -> TransientError:
+    """The answer to a job stopped by a signal: `transient`, with `details.cancelled` so a host that sent the
+    signal itself (its own timeout) can tell it from a failure."""
+    name = getattr(exc, "signal_name", "SIGINT")
+    return TransientError(f"cancelled by {name} before the job finished; no output was kept and it is safe to run "
+                          "it again", details={"cancelled": True, "signal": name})
+
+
+def _terminate_as_interrupt() -> None:
     def handler(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
+        raise Cancelled(signum)
 
     try:
         signal.signal(signal.SIGTERM, handler)
@@ -110,7 +144,9 @@ def main(worker: Worker, argv: list[str] | None = None) -> int:
     try:
         opts = _parser(worker).parse_args(argv)
     except _UsageError as exc:
-        envelope, code = failure_envelope(worker, InvalidInput(f"usage: {exc} (see --help)"))
+        message = f"usage: {exc} (see --help)"
+        envelope, code = failure_envelope(worker, InvalidInput(message, details={"field_errors": [
+            {"path": "$", "message": message, "type": "usage"}]}))
         protocol.write_json(envelope.model_dump(mode="json"))
         return code
     except SystemExit as exc:  # --help: argparse printed to (redirected) stdout = stderr
@@ -129,25 +165,37 @@ def main(worker: Worker, argv: list[str] | None = None) -> int:
 
         return serve(worker, protocol)
 
+    # Rendered now, while memory is plentiful: the answer when even building an envelope fails.
+    out_of_memory_answer = dumps(failure_envelope(worker, ResourceExhausted(
+        "Out of memory: the worker could not even build its answer. Free memory or retry later."))[0]
+        .model_dump(mode="json"))
+    try:
+        document, code = _one_shot(worker, opts)
+    except MemoryError:
+        protocol.write_bytes(out_of_memory_answer)
+        return EXIT_CODES[ErrorKind.resource]
+    except KeyboardInterrupt as exc:  # a signal after the job, before its answer was written
+        envelope, code = failure_envelope(worker, cancelled_error(exc))
+        document = envelope.model_dump(mode="json")
+    protocol.write_json(document)
+    return code
+
+
+def _one_shot(worker: Worker, opts: argparse.Namespace) -> tuple[dict[str, Any], int]:
     try:
         raw = read_args_file(opts.input)
+        envelope, code = execute(worker, raw, ModelCache(on_evict=worker.unload))
     except InvalidInput as exc:
         envelope, code = failure_envelope(worker, exc)
-    else:
-        cache = ModelCache(on_evict=worker.unload)
-        try:
-            envelope, code = execute(worker, raw, cache)
-        except KeyboardInterrupt:  # SIGINT, or SIGTERM via _terminate_as_interrupt; staged outputs are already gone
-            envelope, code = failure_envelope(
-                worker, TransientError("interrupted by a signal before the job finished; it is safe to run it again"))
+    except KeyboardInterrupt as exc:  # SIGINT, or SIGTERM via Cancelled; staged outputs are already gone
+        envelope, code = failure_envelope(worker, cancelled_error(exc))
     document = envelope.model_dump(mode="json")
     if opts.output:
         try:
             write_atomic(opts.output, dumps(document) + b"\n")
         except OSError as exc:
             document["warnings"].append(f"could not write --output {opts.output!r}: {exc}")
-    protocol.write_json(document)
-    return code
+    return document, code
 
 
 def run_worker(worker: Worker) -> NoReturn:

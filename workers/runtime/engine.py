@@ -6,67 +6,36 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
-from workers.contract import (
-    CONTRACT_MAJOR,
-    CONTRACT_VERSION,
-    EXIT_CODES,
-    EXIT_SUCCESS,
-    ErrorKind,
-    Metrics,
-    ResultEnvelope,
-)
+from workers.contract import EXIT_CODES, EXIT_SUCCESS, ErrorKind, Metrics, ResultEnvelope
 
 from .cache import ModelCache
 from .context import JobContext
-from .errors import InvalidInput, WorkerError, classify_exception
+from .errors import FieldErrors, WorkerError, classify_exception
 from .metrics import peak_rss_mb, peak_vram_mb, reset_peak_vram
 from .outputs import OutputStage
-from .paths import check_allowed
+from .paths import check_output_dir
+from .validation import field_error, json_path, pydantic_field_errors, validate_document
 from .worker import Worker
 
-
-def json_path(loc: tuple[Any, ...]) -> str:
-    """pydantic error location -> JSON path (`$.segments[0].text`)."""
-    path = "$"
-    for part in loc:
-        path += f"[{part}]" if isinstance(part, int) else f".{part}"
-    return path
-
-
-def field_errors(exc: ValidationError) -> list[dict[str, str]]:
-    return [{"path": json_path(e["loc"]), "message": e["msg"], "type": e["type"]} for e in exc.errors()]
-
-
-def _check_contract_version(raw: dict[str, Any]) -> None:
-    version = raw.get("contract_version", CONTRACT_VERSION)
-    if not isinstance(version, str):
-        return  # schema validation reports the type error
-    major = version.split(".", 1)[0]
-    if major.isdigit() and int(major) != CONTRACT_MAJOR:
-        raise InvalidInput(
-            f"args contract_version {version} is not supported: this worker speaks {CONTRACT_VERSION} "
-            f"(major {CONTRACT_MAJOR}); regenerate the args for contract {CONTRACT_MAJOR}.x",
-            details={"field_errors": [{"path": "$.contract_version", "message": "unsupported major version",
-                                       "type": "unsupported_version"}]},
-        )
+#: Kept for callers of the old names.
+field_errors = pydantic_field_errors
 
 
 def validate_args(worker: Worker, raw: Any) -> Any:
     """Parse an args document into the worker's model, or raise InvalidInput listing every bad field."""
-    if not isinstance(raw, dict):
-        raise InvalidInput(f"args must be a JSON object, got {type(raw).__name__}",
-                           details={"field_errors": [{"path": "$", "message": "not an object", "type": "object_type"}]})
-    _check_contract_version(raw)
-    try:
-        return worker.Args.model_validate(raw)
-    except ValidationError as exc:
-        errors = field_errors(exc)
-        summary = "; ".join(f"{e['path']}: {e['message']}" for e in errors[:5])
-        more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
-        raise InvalidInput(f"invalid args for worker '{worker.name}': {summary}{more}",
-                           details={"field_errors": errors}) from None
+    return validate_document(worker.Args, raw, worker.name)
+
+
+def check_job_inputs(worker: Worker, args: Any) -> Path:
+    """The worker-side checks the schema cannot express (paths, files), all reported in one answer."""
+    problems = FieldErrors()
+    output_dir = problems.attempt(check_output_dir, args.output_dir)
+    problems.attempt(worker.check_inputs, args)
+    problems.raise_if_any(f"invalid input for worker '{worker.name}'")
+    assert output_dir is not None
+    return output_dir
 
 
 def failure_envelope(worker: Worker, error: WorkerError, metrics: Metrics | None = None,
@@ -76,52 +45,64 @@ def failure_envelope(worker: Worker, error: WorkerError, metrics: Metrics | None
     return envelope, EXIT_CODES[error.kind]
 
 
+class _Job:
+    """Timings and state of one job, so a failure at any stage still reports what is known."""
+
+    def __init__(self, cache: ModelCache):
+        self.cache = cache
+        self.stage_name = "validating args"
+        self.load_s = self.run_s = 0.0
+        self.ctx: JobContext | None = None
+        self.cache_hit: bool | None = None
+
+    def metrics(self) -> Metrics | None:
+        if self.ctx is None:
+            return None
+        return Metrics(load_s=round(self.load_s, 4), run_s=round(self.run_s, 4), peak_rss_mb=peak_rss_mb(),
+                       peak_vram_mb=peak_vram_mb(), device=self.ctx.device, model_cache_hit=self.cache_hit,
+                       model_loads=self.cache.loads, **self.ctx.extra_metrics)
+
+
 def execute(worker: Worker, raw: Any, cache: ModelCache, request_id: str | int | None = None) -> tuple[ResultEnvelope, int]:
     """Never raises (except KeyboardInterrupt/SystemExit): every outcome is an envelope and an exit code."""
-    started = time.perf_counter()
-    load_s = run_s = 0.0
+    job = _Job(cache)
     stage: OutputStage | None = None
-    ctx: JobContext | None = None
-    cache_hit: bool | None = None
-
-    def metrics() -> Metrics:
-        return Metrics(load_s=round(load_s, 4), run_s=round(run_s, 4), peak_rss_mb=peak_rss_mb(),
-                       peak_vram_mb=peak_vram_mb(), device=ctx.device if ctx else None,
-                       model_cache_hit=cache_hit, model_loads=cache.loads,
-                       **(ctx.extra_metrics if ctx else {}))
-
     try:
         args = validate_args(worker, raw)
-        output_dir = check_allowed(args.output_dir, "output_dir")
-        worker.check_inputs(args)
+        job.stage_name = "checking inputs"
+        output_dir = check_job_inputs(worker, args)
         reset_peak_vram()
-        stage = OutputStage(Path(output_dir))
-        ctx = JobContext(worker.name, stage, request_id)
+        job.stage_name = "preparing the output directory"
+        stage = OutputStage(output_dir)
+        job.ctx = JobContext(worker.name, stage, request_id)
+        job.stage_name = "loading the model"
         t0 = time.perf_counter()
-        model, cache_hit = cache.get_or_load(worker.model_key(args), lambda: worker.load(args, ctx))
-        load_s = time.perf_counter() - t0
+        model, job.cache_hit = cache.get_or_load(worker.model_key(args), lambda: worker.load(args, job.ctx))
+        job.load_s = time.perf_counter() - t0
+        job.stage_name = "running the job"
         t0 = time.perf_counter()
-        result = worker.run(model, args, ctx)
+        result = worker.run(model, args, job.ctx)
         if not isinstance(result, BaseModel):
             result = worker.Result.model_validate(result)
-        run_s = time.perf_counter() - t0
+        job.run_s = time.perf_counter() - t0
+        job.stage_name = "writing outputs"
         outputs = stage.commit()
         stage = None
         envelope = ResultEnvelope(worker=worker.name, worker_version=worker.version, success=True,
                                   result=result.model_dump(mode="json"), outputs=outputs,
-                                  metrics=metrics(), warnings=ctx.warnings)
+                                  metrics=job.metrics(), warnings=job.ctx.warnings)
         return envelope, EXIT_SUCCESS
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as exc:  # noqa: BLE001 - every failure becomes data
-        error = classify_exception(exc)
-        if load_s == 0.0 and cache_hit is None and ctx is not None:
-            load_s = time.perf_counter() - started  # failed while loading
-        job_metrics = metrics() if ctx is not None else None
-        return failure_envelope(worker, error, job_metrics, ctx.warnings if ctx else None)
+        error = classify_exception(exc, job.stage_name)
+        if job.stage_name == "loading the model":
+            job.load_s = time.perf_counter() - t0
+        return failure_envelope(worker, error, job.metrics(), job.ctx.warnings if job.ctx else None)
     finally:
         if stage is not None:
             stage.discard()
 
 
-__all__ = ["ErrorKind", "execute", "failure_envelope", "field_errors", "json_path", "validate_args"]
+__all__ = ["ErrorKind", "check_job_inputs", "execute", "failure_envelope", "field_error", "field_errors",
+           "json_path", "validate_args"]

@@ -25,10 +25,32 @@ def check_allowed(path: str | os.PathLike[str], field: str) -> Path:
     resolved = Path(path).expanduser().resolve()
     roots = allowed_roots()
     if roots and not any(_is_under(resolved, r) for r in roots):
-        raise InvalidInput(
-            f"{field} {str(resolved)!r} is outside the allowed roots ({ALLOWED_ROOTS_ENV}={os.environ[ALLOWED_ROOTS_ENV]!r})",
-            details={"field_errors": [{"path": f"$.{field}", "message": "outside allowed roots", "type": "path_not_allowed"}]},
-        )
+        raise _bad(field, f"resolves to {str(resolved)!r}, outside the allowed roots "
+                   f"({ALLOWED_ROOTS_ENV}={os.environ[ALLOWED_ROOTS_ENV]!r})", "path_not_allowed", path)
+    return resolved
+
+
+def _bad(field: str, message: str, type_: str, value: object) -> InvalidInput:
+    return InvalidInput(f"{field} {str(value)!r} {message}",
+                        details={"field_errors": [{"path": f"$.{field}", "message": message, "type": type_}]})
+
+
+def check_output_dir(path: str | os.PathLike[str], field: str = "output_dir") -> Path:
+    """An allowed directory the worker can write into, or create; checked before any model loads."""
+    resolved = check_allowed(path, field)
+    if resolved.exists():
+        if not resolved.is_dir():
+            raise _bad(field, "exists and is not a directory", "output_dir", path)
+        if not os.access(resolved, os.W_OK | os.X_OK):
+            raise _bad(field, "is not writable", "output_dir", path)
+        return resolved
+    ancestor = resolved.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise _bad(field, f"cannot be created: {str(ancestor)!r} is a file, not a directory", "output_dir", path)
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise _bad(field, f"cannot be created: no write permission in {str(ancestor)!r}", "output_dir", path)
     return resolved
 
 
@@ -36,7 +58,7 @@ def contained(base: Path, name: str) -> Path:
     """`base / name`, refusing anything that would resolve outside `base`."""
     candidate = (base / name).resolve()
     if not _is_under(candidate, base.resolve()) or candidate == base.resolve():
-        raise InvalidInput(f"output name {name!r} escapes the output directory")
+        raise InvalidInput(f"output name {name!r} escapes the output directory", type_="output_name")
     return candidate
 
 
@@ -52,9 +74,8 @@ def input_file(path: str, field: str) -> Path:
         err = "is not a regular file"
     elif resolved.stat().st_size == 0:
         err = "is empty"
+    elif not os.access(resolved, os.R_OK):
+        err = "is not readable (permission denied)"
     if err:
-        raise InvalidInput(
-            f"{field} {path!r} {err}",
-            details={"field_errors": [{"path": f"$.{field}", "message": err, "type": "bad_file"}]},
-        )
+        raise _bad(field, err, "bad_file", path)
     return resolved

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import orjson
@@ -47,7 +50,26 @@ class ProtocolStream:
 
     def write_json(self, obj: Any) -> None:
         """One JSON document on one line, written whole."""
-        data = memoryview(dumps(obj) + b"\n")
-        while data:
-            written = os.write(self._fd, data)
-            data = data[written:]
+        self.write_bytes(dumps(obj))
+
+    def write_bytes(self, document: bytes) -> None:
+        """One rendered document and a newline; SIGTERM/SIGINT wait until the line is out, so it is never cut."""
+        with signals_deferred():
+            data = memoryview(document + b"\n")
+            while data:
+                written = os.write(self._fd, data)
+                data = data[written:]
+
+
+@contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Block SIGTERM and SIGINT (where the platform can) while a protocol line is written."""
+    mask = getattr(signal, "pthread_sigmask", None)
+    if mask is None:
+        yield
+        return
+    previous = mask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    try:
+        yield
+    finally:
+        mask(signal.SIG_SETMASK, previous)

@@ -5,12 +5,11 @@ Units live in the field names (`_s`, `_ms`); every number has bounds, every choi
 
 from __future__ import annotations
 
-import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from workers.contract import ModelArgs, check_file_name
+from workers.contract import ERROR_MESSAGE_KEY, ModelArgs, exact, file_name_field, rule, schema_rules
 
 #: Whisper's language codes (faster_whisper.tokenizer._LANGUAGE_CODES, copied so validation needs no import).
 LANGUAGE_CODES: frozenset[str] = frozenset(
@@ -26,14 +25,35 @@ ComputeType = Literal[
 #: Compute types CTranslate2's CPU backend refuses when asked for explicitly (it raises ValueError at load).
 CPU_UNSUPPORTED_COMPUTE_TYPES: frozenset[str] = frozenset({"float16", "bfloat16", "int8_float16", "int8_bfloat16"})
 
+#: `auto` or a Whisper language code; a closed set, so hosts see it in the schema.
+Language = Literal[("auto", *sorted(LANGUAGE_CODES))]  # type: ignore[valid-type]
 SubtitleFormat = Literal["json", "srt", "vtt", "txt"]
-_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d{1,2})?)$")
+DEVICE_PATTERN = exact(r"auto|cpu|cuda(?::[0-9]{1,2})?")
+
+_CPU_COMPUTE_MESSAGE = ("needs a CUDA device; on device 'cpu' use 'auto', 'int8', 'int8_float32', 'int16' or "
+                        "'float32'")
+_SILENCE_NEEDS_WORDS_MESSAGE = "must be true when hallucination_silence_threshold_s is set"
+
+#: Cross-field rules, in the schema (for hosts) and in `Args._combinations` (for Python callers).
+_RULES = schema_rules(
+    rule({"device": {"const": "cpu"}},
+         {"compute_type": {"not": {"enum": sorted(CPU_UNSUPPORTED_COMPUTE_TYPES)},
+                           ERROR_MESSAGE_KEY: f"compute_type {_CPU_COMPUTE_MESSAGE}"}}),
+    rule({"hallucination_silence_threshold_s": {"type": "number"}},
+         {"word_timestamps": {"const": True, ERROR_MESSAGE_KEY: f"word_timestamps {_SILENCE_NEEDS_WORDS_MESSAGE}"}}),
+)
 
 
 class Args(ModelArgs):
-    """Transcribe one narration file into word-timed subtitles."""
+    """Transcribe one narration file into word-timed subtitles.
 
-    model_config = ConfigDict(extra="forbid")
+    Checked by the worker, beyond this schema: `audio_path` must be an existing, non-empty file with an audio
+    stream; `output_dir` must be a writable directory (or creatable); with `STORYBRIDGE_ALLOWED_ROOTS` set,
+    both must lie under an allowed root; `device` `cuda:N` must exist; `compute_type` `auto` on a machine
+    without CUDA must not resolve to a CUDA-only type.
+    """
+
+    model_config = ConfigDict(json_schema_extra=_RULES)
 
     # --- input / model -------------------------------------------------------------------------------
     audio_path: str = Field(
@@ -49,8 +69,9 @@ class Args(ModelArgs):
         "Hugging Face cache only, unless `allow_download` is true.",
     )
     device: str = Field(
-        default="auto",
-        description="`auto` (CUDA when CTranslate2 sees a GPU, else CPU), `cpu`, `cuda` or `cuda:N`.",
+        default="auto", pattern=DEVICE_PATTERN,
+        description="`auto` (CUDA when CTranslate2 sees a GPU, else CPU), `cpu`, `cuda` or `cuda:N` (lower case).",
+        json_schema_extra={ERROR_MESSAGE_KEY: "must be 'auto', 'cpu', 'cuda' or 'cuda:N'"},
     )
     compute_type: ComputeType = Field(
         default="auto",
@@ -63,7 +84,7 @@ class Args(ModelArgs):
     )
 
     # --- decoding ------------------------------------------------------------------------------------
-    language: str = Field(
+    language: Language = Field(
         default="auto",
         description="`auto` (detect from the first 30 s) or a Whisper language code such as `en`, `de`, `zh`. "
         "English-only models (`*.en`) always use `en`.",
@@ -147,12 +168,12 @@ class Args(ModelArgs):
     # --- outputs --------------------------------------------------------------------------------------
     formats: list[SubtitleFormat] = Field(
         default_factory=lambda: ["json", "srt", "vtt"],
-        max_length=4,
+        max_length=4, json_schema_extra={"uniqueItems": True},
         description="Files to write: `json` (this result document), `srt`, `vtt`, `txt` (plain text). "
         "Each at most once; an empty list writes no file (the result is still in the envelope).",
     )
-    basename: str | None = Field(
-        default=None, min_length=1, max_length=200,
+    basename: str | None = file_name_field(
+        default=None, max_length=200,
         description="File name stem of the outputs (`<basename>.srt`, ...). Default: the audio file's stem.",
     )
 
@@ -177,22 +198,6 @@ class Args(ModelArgs):
         default=True, description="Start a new cue after a word ending a sentence or clause (. ! ? , ; :)."
     )
 
-    @field_validator("device")
-    @classmethod
-    def _device(cls, v: str) -> str:
-        v = v.strip().lower()
-        if not _DEVICE.match(v):
-            raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {v!r}")
-        return v
-
-    @field_validator("language")
-    @classmethod
-    def _language(cls, v: str) -> str:
-        v = v.strip().lower()
-        if v != "auto" and v not in LANGUAGE_CODES:
-            raise ValueError(f"language must be 'auto' or a Whisper language code (en, de, fr, zh, ...), got {v!r}")
-        return v
-
     @field_validator("formats")
     @classmethod
     def _unique_formats(cls, v: list[str]) -> list[str]:
@@ -200,20 +205,12 @@ class Args(ModelArgs):
             raise ValueError(f"formats must not repeat a format, got {v}")
         return v
 
-    @field_validator("basename")
-    @classmethod
-    def _basename(cls, v: str | None) -> str | None:
-        return None if v is None else check_file_name(v)
-
     @model_validator(mode="after")
     def _combinations(self) -> Args:
         if self.device == "cpu" and self.compute_type in CPU_UNSUPPORTED_COMPUTE_TYPES:
-            raise ValueError(
-                f"compute_type {self.compute_type!r} needs a CUDA device; on device 'cpu' use 'auto', 'int8', "
-                "'int8_float32', 'int16' or 'float32'"
-            )
+            raise ValueError(f"compute_type {self.compute_type!r} {_CPU_COMPUTE_MESSAGE}")
         if self.hallucination_silence_threshold_s is not None and not self.word_timestamps:
-            raise ValueError("hallucination_silence_threshold_s needs word_timestamps: true")
+            raise ValueError(f"word_timestamps {_SILENCE_NEEDS_WORDS_MESSAGE}")
         return self
 
 

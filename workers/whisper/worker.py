@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from workers.runtime import ExternalError, InvalidInput, JobContext, ModelUnavailable, Worker, input_file
+from workers.runtime.errors import is_out_of_memory
 from workers.runtime.models import looks_like_path, resolve_model_dir
 
 from . import __version__
@@ -150,6 +151,16 @@ def resolve_model_path(args: Args) -> str:
                                details={"model": value, "cause": f"{type(exc).__name__}: {exc}"}) from None
 
 
+#: How CTranslate2 reports a model file it cannot read (truncated, garbage, wrong format version).
+_UNREADABLE_MODEL_TEXT = ("model.bin", "binary version", "payload size", "is incomplete", "failed to read",
+                          "unable to open", "no such file", "vocabulary", "config.json")
+
+
+def _unreadable_model(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return any(marker in text for marker in _UNREADABLE_MODEL_TEXT)
+
+
 def _cuda_library_error(exc: BaseException) -> bool:
     text = str(exc)
     return isinstance(exc, (RuntimeError, OSError)) and any(
@@ -200,14 +211,20 @@ class WhisperWorker(Worker[Args, Result]):
             raise InvalidInput(f"cannot load {args.model!r} on {kind} with compute_type {compute!r}: {exc}",
                                details={"field_errors": [{"path": "$.compute_type", "message": str(exc),
                                                           "type": "compute_type"}]}) from None
-        except RuntimeError as exc:
+        except (RuntimeError, OSError) as exc:
+            if is_out_of_memory(exc):
+                raise  # the runtime reports it as `resource`, whatever the stage
             if _cuda_library_error(exc):
                 raise ExternalError(
                     f"CUDA libraries for CTranslate2 failed to load: {exc}. CTranslate2 4.x needs CUDA 12 cuBLAS and "
                     "cuDNN 9 (`pip install nvidia-cublas-cu12 nvidia-cudnn-cu12==9.*` and put their lib dirs on "
                     "LD_LIBRARY_PATH), or use device 'cpu'.", retryable=False) from None
-            raise ModelUnavailable(f"model {args.model!r} at {model_path!r} could not be loaded: {exc}",
-                                   details={"model": args.model, "model_path": model_path}) from None
+            if isinstance(exc, OSError) or _unreadable_model(exc):
+                raise ModelUnavailable(
+                    f"model {args.model!r} at {model_path!r} is unreadable or corrupt: {exc}. Re-download or "
+                    "re-convert it (CTranslate2 format, model.bin + tokenizer.json + config.json).",
+                    details={"model": args.model, "model_path": model_path}) from None
+            raise  # anything else is a bug or an environment problem the traceback explains (`internal`)
         device = f"cuda:{index}" if kind == "cuda" else "cpu"
         return LoadedModel(model=model, model_path=model_path, device=device, compute_type=compute)
 
