@@ -271,3 +271,12 @@ def test_serve_sigterm_while_idle_says_shutdown_and_exits_5(tmp_path):
     assert [json.loads(line) for line in out.decode().splitlines()] == [
         {"event": "shutdown", "id": None, "reason": "signal"}]
     assert proc.returncode == 5
+
+
+def test_serve_answers_a_ping_sent_during_a_job_after_that_job(tmp_path):
+    requests = [{"id": "slow", "args": {"output_dir": str(tmp_path / "o"), "mode": "hang", "sleep_s": 0.5}},
+                {"op": "ping", "id": "p"}, {"op": "shutdown", "id": "s"}]
+    proc = subprocess.run([*FIXTURE, "--serve"], input="".join(json.dumps(r) + "\n" for r in requests).encode(),
+                          capture_output=True, timeout=60)
+    events = [(m["event"], m.get("id")) for m in map(json.loads, proc.stdout.decode().splitlines())]
+    assert events == [("ready", None), ("result", "slow"), ("pong", "p"), ("shutdown", "s")]

@@ -32,13 +32,52 @@ class OutOfMemoryError(RuntimeError):  # same name as torch.cuda.OutOfMemoryErro
     (OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), ErrorKind.resource),
     (RuntimeError("CUDA error: out of memory"), ErrorKind.resource),
     (OSError(errno.ENOSPC, "No space left on device"), ErrorKind.resource),
+    (RuntimeError("mkl_malloc: failed to allocate memory"), ErrorKind.resource),
+    (RuntimeError("std::bad_alloc"), ErrorKind.resource),
+    (RuntimeError("could not create a memory object"), ErrorKind.resource),
+    (RuntimeError("CUDA failed with error out of memory"), ErrorKind.resource),  # CTranslate2
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory"), ErrorKind.resource),
+    (OSError(errno.ENOMEM, "Cannot allocate memory"), ErrorKind.resource),
+    (ImportError("IMPORTANT: ...\nOriginal error was: libopenblas.so: failed to map segment from shared object"),
+     ErrorKind.resource),
     (KeyError("x"), ErrorKind.internal),
+    (RuntimeError("Unsupported model binary version"), ErrorKind.internal),
     (InvalidInput("bad"), ErrorKind.invalid_input),
 ])
 def test_classify_exception(exc, kind):
     err = classify_exception(exc)
     assert err.kind == kind
     assert ("traceback" in err.details) is (kind == ErrorKind.internal and not isinstance(exc, InvalidInput))
+
+
+def _wrapped(outer: Exception, inner: Exception) -> Exception:
+    try:
+        try:
+            raise inner
+        except Exception:
+            raise outer from None  # how worker code hides the cause; the context is still there
+    except Exception as exc:
+        return exc
+
+
+def test_an_allocation_failure_wrapped_as_model_unavailable_is_still_resource():
+    from workers.runtime.errors import ModelUnavailable
+
+    hidden = _wrapped(ModelUnavailable("model could not be loaded"), RuntimeError("mkl_malloc: failed to allocate memory"))
+    err = classify_exception(hidden, "loading the model")
+    assert err.kind == ErrorKind.resource and err.retryable and err.details["stage"] == "loading the model"
+    assert "mkl_malloc" in err.message
+    deliberate = _wrapped(InvalidInput("image too large for max_image_side"), MemoryError())
+    assert classify_exception(deliberate).kind == ErrorKind.invalid_input  # a worker's own verdict stands
+
+
+def test_invalid_input_always_has_field_errors():
+    assert InvalidInput("bad").details["field_errors"] == [{"path": "$", "message": "bad", "type": "invalid"}]
+    assert InvalidInput("bad", field="audio_path").details["field_errors"][0]["path"] == "$.audio_path"
+
+
+def test_json_path_quotes_keys_that_are_not_identifiers():
+    assert json_path(("odd key", 0, "x")) == "$['odd key'][0].x"
 
 
 def test_model_cache_keeps_one_model_and_evicts_the_old_one_first():
