@@ -116,6 +116,16 @@ def test_unreadable_args_and_cli_misuse_carry_field_errors(tmp_path, case):
     assert [e["path"] for e in doc["error"]["details"]["field_errors"]] == ["$"]
 
 
+@pytest.mark.parametrize("depth, kind", [(60, None), (1020, "invalid_input")])
+def test_deeply_nested_args_are_invalid_input_not_a_crash(tmp_path, depth, kind):
+    nested = "[" * depth + "]" * depth
+    raw = f'{{"output_dir": {json.dumps(str(tmp_path / "o"))}, "echo": {nested}}}'
+    code, doc = run([*FIXTURE, "--input", "-"], tmp_path, stdin=raw.encode())
+    assert (doc["error"] or {}).get("kind") == kind
+    if kind:
+        assert code == 2 and doc["error"]["details"]["field_errors"][0]["type"] == "depth"
+
+
 def test_one_bad_field_does_not_hide_another(tmp_path):
     args = whisper_args(tmp_path, beam_size="5", language="klingon", typo=1)
     del args["audio_path"]

@@ -121,11 +121,31 @@ def _covered(path: str, reported: set[str]) -> bool:
                or r.startswith(path + "[") or path == "$" for r in reported)
 
 
+#: Args deeper than this are refused before validation (no real args come close; it keeps every step bounded).
+MAX_ARGS_DEPTH = 64
+
+
+def nesting_depth(document: Any, limit: int) -> int:
+    """How deeply arrays and objects nest (a scalar is 0), counted without recursion; stops past `limit`."""
+    deepest, stack = 0, [(document, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, (dict, list)):
+            deepest = max(deepest, depth)
+            if deepest > limit:
+                return deepest
+            stack.extend((child, depth + 1) for child in (value.values() if isinstance(value, dict) else value))
+    return deepest
+
+
 def validate_document(model: type[BaseModel], document: Any, worker_name: str) -> Any:
     """The typed args, or InvalidInput listing every bad field (schema errors and model checks together)."""
     if not isinstance(document, dict):
         raise InvalidInput(f"args must be a JSON object, got {_json_type(document)}",
                            details={"field_errors": [field_error("$", "not an object", "type")]})
+    if nesting_depth(document, MAX_ARGS_DEPTH) > MAX_ARGS_DEPTH:
+        message = f"args nest deeper than {MAX_ARGS_DEPTH} levels of arrays and objects"
+        raise InvalidInput(message, details={"field_errors": [field_error("$", message, "depth")]})
     errors = schema_field_errors(model, document)
     try:
         args = model.model_validate(integral_floats_as_ints(document))
