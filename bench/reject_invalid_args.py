@@ -1,7 +1,8 @@
-"""How fast does a worker reject an invalid args file? (Issue goal: well under 0.5 s.)
+"""How fast does a worker reject an invalid args file, and answer --describe? (Goals: < 0.5 s and < 0.3 s.)
 
 Side by side in one run: a bare interpreter start, the fixture worker, and every real worker,
-each answering an args file with a wrong type and an unknown field. Prints median/max wall time.
+each answering an args file with a wrong type and an unknown field, then `--describe` (no model library
+imported). Prints median/max wall time.
 
     python bench/reject_invalid_args.py [--runs 10]
 """
@@ -46,6 +47,7 @@ def main() -> None:
     for name in ("whisper", "sdxl", "ltx", "vision"):
         if (REPO / "workers" / name / "__main__.py").exists():
             cases[f"workers.{name}, invalid args"] = ([sys.executable, "-m", f"workers.{name}", "--input", str(bad)], 2)
+            cases[f"workers.{name}, --describe"] = ([sys.executable, "-m", f"workers.{name}", "--describe"], 0)
     print(f"{'case':<40} {'median_s':>9} {'max_s':>7}   ({opts.runs} runs each)")
     baseline = None
     for name, (argv, code) in cases.items():

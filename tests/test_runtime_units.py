@@ -73,7 +73,10 @@ def test_an_allocation_failure_wrapped_as_model_unavailable_is_still_resource():
 
 def test_invalid_input_always_has_field_errors():
     assert InvalidInput("bad").details["field_errors"] == [{"path": "$", "message": "bad", "type": "invalid"}]
-    assert InvalidInput("bad", field="audio_path").details["field_errors"][0]["path"] == "$.audio_path"
+    one = InvalidInput.for_field("audio_path", "audio_path 'x' does not exist", type_="bad_file", detail="does not exist")
+    assert one.message == "audio_path 'x' does not exist"
+    assert one.details["field_errors"] == [{"path": "$.audio_path", "message": "does not exist", "type": "bad_file"}]
+    assert InvalidInput.for_field("$.images[2].path", "no").details["field_errors"][0]["path"] == "$.images[2].path"
 
 
 def test_json_path_quotes_keys_that_are_not_identifiers():

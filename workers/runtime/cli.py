@@ -46,7 +46,7 @@ def _parser(worker: Worker) -> _Parser:
 
 
 def _unreadable(message: str, type_: str) -> InvalidInput:
-    return InvalidInput(message, details={"field_errors": [{"path": "$", "message": message, "type": type_}]})
+    return InvalidInput(message, type_=type_)
 
 
 def read_args_file(path: str) -> Any:
@@ -145,8 +145,7 @@ def main(worker: Worker, argv: list[str] | None = None) -> int:
         opts = _parser(worker).parse_args(argv)
     except _UsageError as exc:
         message = f"usage: {exc} (see --help)"
-        envelope, code = failure_envelope(worker, InvalidInput(message, details={"field_errors": [
-            {"path": "$", "message": message, "type": "usage"}]}))
+        envelope, code = failure_envelope(worker, InvalidInput(message, type_="usage"))
         protocol.write_json(envelope.model_dump(mode="json"))
         return code
     except SystemExit as exc:  # --help: argparse printed to (redirected) stdout = stderr

@@ -12,7 +12,7 @@ from workers.contract import EXIT_CODES, EXIT_SUCCESS, ErrorKind, Metrics, Resul
 
 from .cache import ModelCache
 from .context import JobContext
-from .errors import FieldErrors, WorkerError, classify_exception
+from .errors import FieldErrors, ModelUnavailable, WorkerError, classify_exception
 from .metrics import peak_rss_mb, peak_vram_mb, reset_peak_vram
 from .outputs import OutputStage
 from .paths import check_output_dir
@@ -36,6 +36,13 @@ def check_job_inputs(worker: Worker, args: Any) -> Path:
     problems.raise_if_any(f"invalid input for worker '{worker.name}'")
     assert output_dir is not None
     return output_dir
+
+
+def missing_module_error(worker: Worker, modules: list[str]) -> ModelUnavailable:
+    install = f"pip install 'storybridge[{worker.extra}]'" if worker.extra else "install the worker's dependencies"
+    names = ", ".join(repr(m) for m in modules)
+    return ModelUnavailable(f"worker '{worker.name}' needs the Python package(s) {names}, which are not installed: "
+                            f"{install}", details={"missing_modules": modules, "extra": worker.extra})
 
 
 def failure_envelope(worker: Worker, error: WorkerError, metrics: Metrics | None = None,
@@ -70,6 +77,9 @@ def execute(worker: Worker, raw: Any, cache: ModelCache, request_id: str | int |
     try:
         args = validate_args(worker, raw)
         job.stage_name = "checking inputs"
+        missing = worker.missing_modules()  # before the input checks, which may need them (whisper probes with av)
+        if missing:
+            raise missing_module_error(worker, missing)
         output_dir = check_job_inputs(worker, args)
         reset_peak_vram()
         job.stage_name = "preparing the output directory"
@@ -79,6 +89,7 @@ def execute(worker: Worker, raw: Any, cache: ModelCache, request_id: str | int |
         t0 = time.perf_counter()
         model, job.cache_hit = cache.get_or_load(worker.model_key(args), lambda: worker.load(args, job.ctx))
         job.load_s = time.perf_counter() - t0
+        job.ctx.device = worker.device_of(model)  # from the model itself: right on a warm cache hit too
         job.stage_name = "running the job"
         t0 = time.perf_counter()
         result = worker.run(model, args, job.ctx)
@@ -95,7 +106,10 @@ def execute(worker: Worker, raw: Any, cache: ModelCache, request_id: str | int |
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as exc:  # noqa: BLE001 - every failure becomes data
-        error = classify_exception(exc, job.stage_name)
+        if isinstance(exc, ModuleNotFoundError) and exc.name:  # a dependency missing, found only when imported
+            error = missing_module_error(worker, [exc.name.split(".")[0]])
+        else:
+            error = classify_exception(exc, job.stage_name)
         if job.stage_name == "loading the model":
             job.load_s = time.perf_counter() - t0
         return failure_envelope(worker, error, job.metrics(), job.ctx.warnings if job.ctx else None)

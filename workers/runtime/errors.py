@@ -33,11 +33,20 @@ class InvalidInput(WorkerError):
     kind = ErrorKind.invalid_input
 
     def __init__(self, message: str, *, retryable: bool | None = None, details: dict[str, Any] | None = None,
-                 field: str | None = None, type_: str = "invalid"):
+                 type_: str = "invalid"):
         details = dict(details or {})
         if not details.get("field_errors"):
-            details["field_errors"] = [{"path": f"$.{field}" if field else "$", "message": message, "type": type_}]
+            details["field_errors"] = [{"path": "$", "message": message, "type": type_}]
         super().__init__(message, retryable=retryable, details=details)
+
+    @classmethod
+    def for_field(cls, path: str, message: str, *, type_: str = "invalid", detail: str | None = None,
+                  **details: Any) -> InvalidInput:
+        """One bad field. `path`: a JSON path (`$.images[2].path`) or a top-level field name (`audio_path`);
+        `message`: what the user reads; `detail`: the field error's own text (default: the message)."""
+        json_path = path if path.startswith("$") else f"$.{path}"
+        return cls(message, details={**details, "field_errors": [
+            {"path": json_path, "message": detail or message, "type": type_}]})
 
 
 class ModelUnavailable(WorkerError):

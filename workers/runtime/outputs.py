@@ -104,9 +104,8 @@ def _output_dir_error(output_dir: Path, exc: OSError) -> Exception:
     reason = exc.strerror or str(exc)
     if exc.errno in (errno.EEXIST, errno.ENOTDIR):
         reason = "a path component is a file, not a directory"
-    return InvalidInput(f"output_dir {str(output_dir)!r} cannot be used: {reason}",
-                        details={"field_errors": [{"path": "$.output_dir", "message": f"cannot be used: {reason}",
-                                                   "type": "output_dir"}]})
+    return InvalidInput.for_field("output_dir", f"output_dir {str(output_dir)!r} cannot be used: {reason}",
+                                  type_="output_dir", detail=f"cannot be used: {reason}")
 
 
 class OutputStage:

@@ -31,8 +31,7 @@ def check_allowed(path: str | os.PathLike[str], field: str) -> Path:
 
 
 def _bad(field: str, message: str, type_: str, value: object) -> InvalidInput:
-    return InvalidInput(f"{field} {str(value)!r} {message}",
-                        details={"field_errors": [{"path": f"$.{field}", "message": message, "type": type_}]})
+    return InvalidInput.for_field(field, f"{field} {str(value)!r} {message}", type_=type_, detail=message)
 
 
 def check_output_dir(path: str | os.PathLike[str], field: str = "output_dir") -> Path:
@@ -58,7 +57,7 @@ def contained(base: Path, name: str) -> Path:
     """`base / name`, refusing anything that would resolve outside `base`."""
     candidate = (base / name).resolve()
     if not _is_under(candidate, base.resolve()) or candidate == base.resolve():
-        raise InvalidInput(f"output name {name!r} escapes the output directory", type_="output_name")
+        raise InvalidInput(f"output name {name!r} escapes the output directory", type_="output_name")  # path: $
     return candidate
 
 

@@ -20,7 +20,7 @@ from .cache import ModelCache
 from .engine import execute, failure_envelope
 from .errors import InvalidInput, WorkerError
 from .stdio import ProtocolStream, signals_deferred
-from .validation import field_error, pydantic_field_errors
+from .validation import pydantic_field_errors
 from .worker import Worker
 
 
@@ -40,7 +40,7 @@ def _parse(line: bytes) -> tuple[ServeRequest | None, str | int | None, InvalidI
         message = orjson.loads(line.removeprefix(b"\xef\xbb\xbf"))
     except orjson.JSONDecodeError as exc:
         text = f"request is not valid JSON: {exc}"
-        return None, None, InvalidInput(text, details={"field_errors": [field_error("$", text, "request_json")]})
+        return None, None, InvalidInput(text, type_="request_json")
     request_id = _request_id(message)
     try:
         request = ServeRequest.model_validate(message)
@@ -50,7 +50,7 @@ def _parse(line: bytes) -> tuple[ServeRequest | None, str | int | None, InvalidI
         return None, request_id, InvalidInput(text, details={"field_errors": errors})
     if request.op == "run" and request.args is None:
         text = "a run request needs `args`"
-        return None, request.id, InvalidInput(text, details={"field_errors": [field_error("$.args", text, "missing")]})
+        return None, request.id, InvalidInput.for_field("$.args", text, type_="missing")
     return request, request.id, None
 
 
@@ -88,9 +88,11 @@ def serve(worker: Worker, protocol: ProtocolStream) -> int:
 
     cache = ModelCache(on_evict=worker.unload)
     session = _Session()
-    protocol.write_json(ServeReady(worker=worker.name, worker_version=worker.version, pid=os.getpid()).model_dump(mode="json"))
     try:
         try:
+            # inside the try: a signal that arrives the moment `ready` is out is still answered
+            protocol.write_json(ServeReady(worker=worker.name, worker_version=worker.version,
+                                           pid=os.getpid()).model_dump(mode="json"))
             _loop(worker, protocol, cache, session)
         finally:
             cache.clear()

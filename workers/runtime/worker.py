@@ -28,6 +28,10 @@ class Worker(ABC, Generic[A, R]):
     version: ClassVar[str]
     Args: ClassVar[type[WorkerArgs]]
     Result: ClassVar[type[BaseModel]]
+    #: The `storybridge[...]` extra that installs this worker's heavy dependencies, and their top-level modules:
+    #: a missing one is answered `model_unavailable` with the pip command, before any load is tried.
+    extra: ClassVar[str | None] = None
+    requires: ClassVar[tuple[str, ...]] = ()
 
     def check_inputs(self, args: A) -> None:
         """Semantic checks beyond the schema (files exist, combinations make sense). Raise InvalidInput."""
@@ -38,13 +42,17 @@ class Worker(ABC, Generic[A, R]):
 
     @abstractmethod
     def load(self, args: A, ctx: JobContext) -> Any:
-        """Load the model (heavy). The returned object is cached under model_key(args)."""
+        """Load the model (heavy). The returned object is cached under model_key(args); give it a `device`
+        attribute (`cpu`, `cuda:0`): the runtime reports the device of the model that actually ran."""
 
     @abstractmethod
     def run(self, model: Any, args: A, ctx: JobContext) -> R:
-        """Run one job with a loaded model; write files via ctx.output_path().
+        """Run one job with a loaded model; write files via ctx.output_path()."""
 
-        Set ctx.device here, not in load(): a warm cache hit skips load()."""
+    def device_of(self, model: Any) -> str | None:
+        """The device a loaded model runs on; reported in `metrics.device`, cache hit or not."""
+        device = getattr(model, "device", None)
+        return None if device is None else str(device)
 
     def unload(self, model: Any) -> None:
         """Release a model evicted from the warm cache."""
@@ -55,12 +63,13 @@ class Worker(ABC, Generic[A, R]):
             torch.cuda.empty_cache()
 
     def devices(self) -> list[str]:
-        """Devices this worker could use, for --describe. Must not load a model."""
+        """Devices this worker could use, for --describe. Loads no model and imports no torch."""
+        from .devices import cuda_devices
+
+        return ["cpu", *cuda_devices()]
+
+    def missing_modules(self) -> list[str]:
+        """Required modules that are not installed (found without importing them)."""
         import importlib.util
 
-        found = ["cpu"]
-        if importlib.util.find_spec("torch") is not None:
-            import torch
-
-            found += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-        return found
+        return [m for m in self.requires if importlib.util.find_spec(m) is None]

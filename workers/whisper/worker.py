@@ -66,10 +66,9 @@ def resolve_device(device: str) -> tuple[str, int]:
         return ("cuda", 0) if count > 0 else ("cpu", 0)
     index = int(device.split(":", 1)[1]) if ":" in device else 0
     if index >= count:
-        raise InvalidInput(
-            f"device {device!r} requested but CTranslate2 sees {count} CUDA device(s); use 'auto' or 'cpu'",
-            details={"field_errors": [{"path": "$.device", "message": "no such CUDA device", "type": "device"}]},
-        )
+        raise InvalidInput.for_field(
+            "device", f"device {device!r} requested but CTranslate2 sees {count} CUDA device(s); use 'auto' or 'cpu'",
+            type_="device", detail="no such CUDA device")
     return "cuda", index
 
 
@@ -87,21 +86,18 @@ def probe_audio(path: Path) -> None:
         with av.open(str(path), mode="r", metadata_errors="ignore") as container:
             if not container.streams.audio:
                 kinds = sorted({s.type for s in container.streams}) or ["none"]
-                raise InvalidInput(
-                    f"audio_path {str(path)!r} has no audio stream (streams: {', '.join(kinds)})",
-                    details={"field_errors": [{"path": "$.audio_path", "message": "no audio stream", "type": "bad_file"}]},
-                )
+                raise InvalidInput.for_field(
+                    "audio_path", f"audio_path {str(path)!r} has no audio stream (streams: {', '.join(kinds)})",
+                    type_="bad_file", detail="no audio stream")
     except av.error.FFmpegError as exc:
         raise _not_audio(path, exc) from None
 
 
 def _not_audio(path: Path, exc: BaseException) -> InvalidInput:
     reason = getattr(exc, "strerror", None) or str(exc)
-    return InvalidInput(
-        f"audio_path {str(path)!r} is not a readable audio or video file: {reason}",
-        details={"field_errors": [{"path": "$.audio_path", "message": "cannot decode", "type": "bad_file"}],
-                 "exception_type": type(exc).__name__},
-    )
+    return InvalidInput.for_field("audio_path", f"audio_path {str(path)!r} is not a readable audio or video file: "
+                                  f"{reason}", type_="bad_file", detail="cannot decode",
+                                  exception_type=type(exc).__name__)
 
 
 def resolve_model_path(args: Args) -> str:
@@ -172,6 +168,8 @@ class WhisperWorker(Worker[Args, Result]):
     version = __version__
     Args = Args
     Result = Result
+    extra = "whisper"
+    requires = ("faster_whisper", "ctranslate2", "av")
 
     # --- cheap checks, no model ----------------------------------------------------------------------
     def check_inputs(self, args: Args) -> None:
@@ -184,21 +182,15 @@ class WhisperWorker(Worker[Args, Result]):
         threads = _cpu_threads(args.cpu_threads)
         return f"{args.model}|{kind}:{index}|{compute}|threads={threads}"
 
-    def devices(self) -> list[str]:
-        import ctranslate2
-
-        return ["cpu"] + [f"cuda:{i}" for i in range(ctranslate2.get_cuda_device_count())]
-
     # --- load ------------------------------------------------------------------------------------------
     def load(self, args: Args, ctx: JobContext) -> LoadedModel:
         kind, index = resolve_device(args.device)
         compute = resolve_compute_type(args.compute_type, kind)
         if kind == "cpu" and compute in CPU_UNSUPPORTED_COMPUTE_TYPES:
-            raise InvalidInput(
-                f"compute_type {compute!r} needs CUDA, but device {args.device!r} resolved to the CPU "
+            raise InvalidInput.for_field(
+                "compute_type", f"compute_type {compute!r} needs CUDA, but device {args.device!r} resolved to the CPU "
                 "(no CUDA device visible); use compute_type 'auto' or 'int8'",
-                details={"field_errors": [{"path": "$.compute_type", "message": "not supported on cpu",
-                                           "type": "compute_type"}]})
+                type_="compute_type", detail="not supported on cpu")
         model_path = resolve_model_path(args)
         ctx.progress(0.0, "loading model", model=args.model, device=kind, compute_type=compute)
 
@@ -208,9 +200,8 @@ class WhisperWorker(Worker[Args, Result]):
             model = WhisperModel(model_path, device=kind, device_index=index, compute_type=compute,
                                  cpu_threads=_cpu_threads(args.cpu_threads))
         except ValueError as exc:  # CTranslate2: unsupported compute type for this device/backend
-            raise InvalidInput(f"cannot load {args.model!r} on {kind} with compute_type {compute!r}: {exc}",
-                               details={"field_errors": [{"path": "$.compute_type", "message": str(exc),
-                                                          "type": "compute_type"}]}) from None
+            raise InvalidInput.for_field("compute_type", f"cannot load {args.model!r} on {kind} with compute_type "
+                                         f"{compute!r}: {exc}", type_="compute_type", detail=str(exc)) from None
         except (RuntimeError, OSError) as exc:
             if is_out_of_memory(exc):
                 raise  # the runtime reports it as `resource`, whatever the stage
@@ -230,13 +221,11 @@ class WhisperWorker(Worker[Args, Result]):
 
     # --- run -------------------------------------------------------------------------------------------
     def run(self, model: LoadedModel, args: Args, ctx: JobContext) -> Result:
-        ctx.device = model.device
         audio = self._decode(Path(args.audio_path))
         duration_s = len(audio) / SAMPLE_RATE_HZ
         if len(audio) == 0:
-            raise InvalidInput(f"audio_path {args.audio_path!r} decodes to no audio samples",
-                               details={"field_errors": [{"path": "$.audio_path", "message": "no samples",
-                                                          "type": "bad_file"}]})
+            raise InvalidInput.for_field("audio_path", f"audio_path {args.audio_path!r} decodes to no audio samples",
+                                         type_="bad_file", detail="no samples")
         ctx.progress(0.02, "decoded audio", audio_duration_s=round(duration_s, 3))
 
         t0 = time.perf_counter()

@@ -1,0 +1,43 @@
+"""Run a worker as a real process and read its one answer: helpers shared by the contract tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+
+from conftest import FIXTURE_WORKER, REPO
+
+ENVELOPE_SCHEMA = json.loads((REPO / "schemas" / "envelope.schema.json").read_text("utf-8"))
+NARRATION = REPO / "examples" / "demo" / "narration.ogg"
+
+
+def run(argv: list[str], tmp_path: Path, args: dict | None = None, *, stdin: bytes | None = None,
+        env: dict | None = None) -> tuple[int, dict]:
+    """Run a worker process; (exit code, its one stdout document), which must be a valid envelope."""
+    if args is not None:
+        (tmp_path / "args.json").write_text(json.dumps(args), encoding="utf-8")
+        argv = [*argv, "--input", str(tmp_path / "args.json")]
+    proc = subprocess.run(argv, capture_output=True, input=stdin, cwd=REPO, timeout=240,
+                          env={**os.environ, **(env or {})})
+    lines = proc.stdout.decode("utf-8").splitlines()
+    assert len(lines) == 1, f"one JSON line expected, got {lines!r}; stderr: {proc.stderr.decode()[-2000:]}"
+    doc = json.loads(lines[0])
+    jsonschema.Draft202012Validator(ENVELOPE_SCHEMA).validate(doc)
+    return proc.returncode, doc
+
+
+WHISPER = [sys.executable, "-m", "workers.whisper"]
+FIXTURE = [sys.executable, str(FIXTURE_WORKER)]
+
+
+def whisper_args(tmp_path: Path, **fields) -> dict:
+    return {"audio_path": str(NARRATION), "model": "tiny.en", "output_dir": str(tmp_path / "out"), **fields}
+
+
+def paths(doc: dict) -> set[str]:
+    return {e["path"] for e in doc["error"]["details"]["field_errors"]}

@@ -1,0 +1,61 @@
+"""Which CUDA devices a worker could use, found without importing torch or initialising CUDA.
+
+`--describe` must answer in a fraction of a second, and a host may call it on every start: importing torch
+(about 2 s) only to count GPUs is too slow. NVML (the `nvidia-ml-py` package) answers in milliseconds;
+`nvidia-smi -L` is the fallback. CUDA_VISIBLE_DEVICES narrows the list the way CUDA itself would.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+_PROBE_TIMEOUT_S = 2.0
+
+
+def _nvml_count() -> int | None:
+    try:
+        import pynvml  # nvidia-ml-py
+    except ImportError:
+        return None
+    try:
+        pynvml.nvmlInit()
+        try:
+            return int(pynvml.nvmlDeviceGetCount())
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # noqa: BLE001 - no driver, or NVML missing from the system: no GPU for us
+        return 0
+
+
+def _nvidia_smi_count() -> int:
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return 0
+    try:
+        proc = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=_PROBE_TIMEOUT_S, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(1 for line in proc.stdout.splitlines() if line.startswith("GPU "))
+
+
+def _visible(physical: int, mask: str | None) -> int:
+    """How many devices CUDA exposes under CUDA_VISIBLE_DEVICES=mask (it stops at the first invalid entry)."""
+    if mask is None:
+        return physical
+    count = 0
+    for entry in (e.strip() for e in mask.split(",")):
+        if entry.isdigit() and int(entry) < physical or entry.startswith(("GPU-", "MIG-")):
+            count += 1
+        else:
+            break
+    return min(count, physical)
+
+
+def cuda_devices() -> list[str]:
+    """`cuda:0`, `cuda:1`, ... as this process would number them; empty without a usable NVIDIA GPU."""
+    physical = _nvml_count()
+    if physical is None:
+        physical = _nvidia_smi_count()
+    return [f"cuda:{i}" for i in range(_visible(physical, os.environ.get("CUDA_VISIBLE_DEVICES")))]
