@@ -4,7 +4,8 @@ key = sha256(canonical JSON of {worker, args, inputs, upstream}) where
   worker   = sha256 of {name, version, contract_version, argv} (from `--describe`, once per worker per run)
   args     = sha256 of the resolved args (references replaced, `output_dir` left out)
   inputs   = {absolute path: content sha256} for every string in the args naming an existing regular file
-             (relative strings are tried against the manifest's directory, the workers' cwd)
+             (relative strings are tried against the manifest's directory, the workers' cwd); other special
+             files count by name only, and a file that cannot be read fails its step (InputUnreadable)
   upstream = {dependency id: its committed cache key}
 The components are stored with each committed record so `--explain` can say *what* changed.
 """
@@ -17,9 +18,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from . import safefs
 from .refs import walk_strings
 from .state import StateDB
-from .worker_client import WorkerIdentity, sha256_file
+from .worker_client import WorkerIdentity
 
 MAX_PATH_CHARS = 4096
 
@@ -32,8 +34,15 @@ def sha(value: Any) -> str:
     return hashlib.sha256(canonical(value)).hexdigest()
 
 
+class InputUnreadable(Exception):
+    """An input file that exists but cannot be read (the step fails with `input_unreadable`, not the run)."""
+
+
 def input_files(args: dict[str, Any], base_dir: Path) -> dict[str, Path]:
-    """JSON path -> resolved file, for every string arg value that is an existing regular file."""
+    """JSON path -> resolved file, for every string arg value that names an existing regular file.
+
+    Anything else (a directory, a FIFO, a device) counts by name only: it is part of the args, never read.
+    """
     found: dict[str, Path] = {}
     for where, text in walk_strings(args, "$"):
         if not text or len(text) > MAX_PATH_CHARS or "\n" in text or "\x00" in text:
@@ -49,14 +58,25 @@ def input_files(args: dict[str, Any], base_dir: Path) -> dict[str, Path]:
     return found
 
 
-def file_sha256(path: Path, state: StateDB | None) -> str:
-    """Content hash, memoised in the state DB by (path, size, mtime_ns) so unchanged inputs are not re-read."""
-    st = path.stat()
-    if state is not None:
-        cached = state.cached_hash(str(path), st.st_size, st.st_mtime_ns)
-        if cached:
-            return cached
-    digest = sha256_file(path)
+def file_sha256(path: Path, state: StateDB | None) -> str | None:
+    """Content hash, memoised in the state DB by (path, size, mtime_ns) so unchanged inputs are not re-read.
+
+    None when `path` is no longer a regular file (it changed type since it was found). Raises InputUnreadable.
+    """
+    try:
+        opened = safefs.open_regular_for_reading(path)
+        if opened is None:
+            return None
+        fd, st = opened
+        try:
+            cached = state.cached_hash(str(path), st.st_size, st.st_mtime_ns) if state is not None else None
+            if cached:
+                return cached
+            digest = safefs.sha256_fd(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise InputUnreadable(f"input file {path} cannot be read: {exc.strerror or exc}") from None
     if state is not None:
         state.store_hash(str(path), st.st_size, st.st_mtime_ns, digest)
     return digest
@@ -64,12 +84,14 @@ def file_sha256(path: Path, state: StateDB | None) -> str:
 
 def components(identity: WorkerIdentity, args: dict[str, Any], base_dir: Path, upstream: dict[str, str],
                state: StateDB | None, ignore: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """The four key components (see the module doc). Raises InputUnreadable."""
     plain = {k: v for k, v in args.items() if k != "output_dir"}
     files = input_files({k: v for k, v in plain.items() if k not in ignore}, base_dir)
+    hashes = {str(p): file_sha256(p, state) for p in sorted(set(files.values()))}
     return {
         "worker": sha(identity.as_dict()),
         "args": sha(plain),
-        "inputs": {str(p): file_sha256(p, state) for p in sorted(set(files.values()))},
+        "inputs": {p: digest for p, digest in hashes.items() if digest is not None},
         "upstream": dict(sorted(upstream.items())),
     }
 

@@ -1,4 +1,7 @@
-"""One runner per workdir: an OS file lock on `.bridge/lock` (released by the OS if the runner dies)."""
+"""One runner per workdir: an OS file lock on `.bridge/lock` (released by the OS if the runner dies).
+
+The lock file is opened without following links and must be a plain file with one name (safefs.open_nofollow).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +12,8 @@ import time
 from pathlib import Path
 
 import psutil
+
+from . import safefs
 
 
 class WorkdirLocked(RuntimeError):
@@ -23,8 +28,9 @@ class WorkdirLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        # Never through a link, never a hard-linked or special file: the lock is truncated below, and
+        # truncating a file the runner did not create would destroy someone else's data.
+        fd = safefs.open_nofollow(self.path, os.O_RDWR | os.O_CREAT)
         try:
             _lock(fd)
         except OSError:

@@ -1,16 +1,13 @@
-"""The run manifest: pydantic models (the source of `schemas/manifest.schema.json`) and static checks.
+"""The run manifest: pydantic models (the source of `schemas/manifest.schema.json`), loading and checking.
 
 `load(path)` returns a checked `LoadedManifest` or raises `ManifestInvalid` carrying *every* problem found
-(schema violations, duplicate ids, unknown steps in `needs` or references, unknown result paths where the
-producer has a result schema, cycles, a user-given `output_dir`), each with a JSON path.
+(strict JSON: duplicate keys, lone surrogates, too deep nesting; schema violations; the step-graph checks of
+`manifest_checks`), each with a JSON path.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import os
-import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +16,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from . import refs
-from .schemas import SchemaStore, path_in_schema
+from .jsondoc import MAX_NESTING, loads_strict, shape_problems
+from .manifest_checks import Problem, structure_problems, topological_order
+from .schemas import SchemaStore
 
 MANIFEST_VERSION = 1
 
@@ -119,16 +118,6 @@ class Manifest(BaseModel):
     steps: list[Step] = Field(min_length=1)
 
 
-@dataclass
-class Problem:
-    path: str
-    message: str
-    type: str
-
-    def as_dict(self) -> dict[str, str]:
-        return {"path": self.path, "message": self.message, "type": self.type}
-
-
 class ManifestInvalid(Exception):
     def __init__(self, problems: list[Problem], source: str):
         self.problems = problems
@@ -150,10 +139,21 @@ class LoadedManifest:
     steps: dict[str, Step] = field(default_factory=dict)
 
     def worker_argv(self, worker: str) -> list[str]:
+        """The argv prefix of a worker. A relative program path (`./w.py`, `sub/w.py`) is made absolute against
+        the manifest's directory, like relative args; a bare name (`w.py`) is looked up on PATH, as a shell would."""
         prefix = self.manifest.workers.get(worker)
         if prefix is None:
             return [sys.executable, "-m", f"workers.{worker}"]
-        return [sys.executable if item == PYTHON_TOKEN else item for item in prefix]
+        argv = [sys.executable if item == PYTHON_TOKEN else item for item in prefix]
+        argv[0] = resolve_program(argv[0], self.base_dir)
+        return argv
+
+    def timeout_s(self, step: Step) -> float:
+        return step.timeout_s or self.manifest.defaults.timeout_s
+
+    def describe_timeout_s(self, worker: str) -> float:
+        """`--describe` may take as long as the most patient step of that worker allows."""
+        return max(self.timeout_s(s) for s in self.steps.values() if s.worker == worker)
 
     def ancestors(self, step_id: str) -> set[str]:
         seen: set[str] = set()
@@ -165,8 +165,15 @@ class LoadedManifest:
                 stack.extend(self.deps[s])
         return seen
 
-    def dependants(self, step_id: str) -> set[str]:
-        return {s for s in self.order if step_id in self.ancestors(s)}
+
+def resolve_program(program: str, base_dir: Path) -> str:
+    """argv[0] as the worker will be started: `~` expanded, relative paths against `base_dir`, bare names as
+    given (the OS looks them up on PATH)."""
+    expanded = os.path.expanduser(program)
+    has_dir = os.sep in expanded or (os.altsep is not None and os.altsep in expanded)
+    if has_dir and not os.path.isabs(expanded):
+        return str(base_dir / expanded)
+    return expanded
 
 
 def _loc_path(loc: tuple[Any, ...]) -> str:
@@ -176,12 +183,8 @@ def _loc_path(loc: tuple[Any, ...]) -> str:
     return path
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
 def read_document(path: Path) -> Any:
-    """Parse the manifest file, or raise ManifestInvalid with one `$` problem."""
+    """Parse the manifest file strictly, or raise ManifestInvalid with one `$` problem."""
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -189,133 +192,33 @@ def read_document(path: Path) -> Any:
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
     try:
-        return json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
+        return loads_strict(data.decode("utf-8"))
     except UnicodeDecodeError as exc:
         problem = Problem("$", f"not UTF-8: {exc}", "encoding")
     except RecursionError:
-        problem = Problem("$", "JSON nested too deeply", "json")
+        problem = Problem("$", f"JSON nested too deeply to parse (the limit is {MAX_NESTING} levels)", "too_deep")
     except ValueError as exc:
         problem = Problem("$", f"not valid JSON: {exc}", "json")
     raise ManifestInvalid([problem], str(path))
 
 
-def _structure_problems(doc: Any, schemas: SchemaStore) -> list[Problem]:
-    """Checks beyond the schema, done on the raw document so they run even when the schema check fails."""
-    problems: list[Problem] = []
-    if not isinstance(doc, dict) or not isinstance(doc.get("steps"), list):
-        return problems
-    steps = [(i, s) for i, s in enumerate(doc["steps"]) if isinstance(s, dict)]
-    ids: dict[str, int] = {}
-    for i, s in steps:
-        sid = s.get("id")
-        if isinstance(sid, str):
-            if sid in ids:
-                problems.append(Problem(f"$.steps[{i}].id", f"duplicate step id '{sid}' (first at $.steps[{ids[sid]}])", "duplicate_id"))
-            else:
-                ids[sid] = i
-    workers = doc.get("workers") if isinstance(doc.get("workers"), dict) else {}
-    worker_of = {s["id"]: s.get("worker") for _, s in steps if isinstance(s.get("id"), str)}
-    edges: dict[str, list[str]] = {sid: [] for sid in ids}
-    for i, s in steps:
-        sid = s.get("id") if isinstance(s.get("id"), str) else None
-        base = f"$.steps[{i}]"
-        worker = s.get("worker")
-        if isinstance(worker, str) and worker not in workers and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", worker):
-            problems.append(Problem(f"{base}.worker", f"worker '{worker}' is not in `workers` and is not a module name "
-                                    "usable as `python -m workers.<name>`", "unknown_worker"))
-        needs = s.get("needs")
-        if isinstance(needs, list):
-            for j, dep in enumerate(needs):
-                if not isinstance(dep, str):
-                    continue
-                if dep == sid:
-                    problems.append(Problem(f"{base}.needs[{j}]", "a step cannot need itself", "self_dependency"))
-                elif dep not in ids:
-                    problems.append(Problem(f"{base}.needs[{j}]", f"unknown step '{dep}'", "unknown_step"))
-                elif isinstance(sid, str) and sid in edges:
-                    edges[sid].append(dep)
-        args = s.get("args")
-        if not isinstance(args, dict):
-            continue
-        if "output_dir" in args:
-            problems.append(Problem(f"{base}.args.output_dir", "output_dir is set by the runner (each attempt gets "
-                                    "its own staging directory); remove it", "runner_owned"))
-        found, bad = refs.find(args, f"{base}.args")
-        for where, text in bad:
-            problems.append(Problem(where, f"{text[:120]!r} is not a reference: a reference must be the whole string "
-                                    "`${steps.ID.result.PATH}` (no interpolation)", "bad_reference"))
-        for where, ref in found:
-            if ref.step == sid:
-                problems.append(Problem(where, f"{ref.text}: a step cannot reference its own result", "self_reference"))
-                continue
-            if ref.step not in ids:
-                problems.append(Problem(where, f"{ref.text}: unknown step '{ref.step}'", "unknown_step"))
-                continue
-            if isinstance(sid, str) and sid in edges:
-                edges[sid].append(ref.step)
-            producer = worker_of.get(ref.step)
-            schema = schemas.result_schema(producer) if isinstance(producer, str) else None
-            if schema is not None:
-                why = path_in_schema(schema, ref.path)
-                if why:
-                    problems.append(Problem(where, f"{ref.text}: {producer} results have {why}", "unknown_result_path"))
-    for cycle in _cycles(edges):
-        first = ids[cycle[0]]
-        problems.append(Problem(f"$.steps[{first}]", "dependency cycle: " + " -> ".join(cycle + [cycle[0]]), "cycle"))
-    return problems
-
-
-def _cycles(edges: dict[str, list[str]]) -> list[list[str]]:
-    """One representative cycle per strongly connected group (iterative DFS)."""
-    color = dict.fromkeys(edges, 0)  # 0 new, 1 on stack, 2 done
-    cycles: list[list[str]] = []
-    in_cycle: set[str] = set()
-    for root in edges:
-        if color[root]:
-            continue
-        stack: list[tuple[str, int]] = [(root, 0)]
-        path: list[str] = []
-        while stack:
-            node, idx = stack.pop()
-            if idx == 0:
-                color[node] = 1
-                path.append(node)
-            nexts = edges[node]
-            if idx < len(nexts):
-                stack.append((node, idx + 1))
-                nxt = nexts[idx]
-                if color.get(nxt) == 0:
-                    stack.append((nxt, 0))
-                elif color.get(nxt) == 1 and nxt not in in_cycle:
-                    cycle = path[path.index(nxt):]
-                    in_cycle.update(cycle)
-                    cycles.append(cycle)
-            else:
-                color[node] = 2
-                path.pop()
-    return cycles
+def _schema_problems(doc: Any) -> tuple[Manifest | None, list[Problem]]:
+    if not isinstance(doc, dict):
+        return None, [Problem("$", f"a manifest is a JSON object, got {type(doc).__name__}", "object_type")]
+    try:
+        return Manifest.model_validate(doc), []
+    except ValidationError as exc:
+        return None, [Problem(_loc_path(e["loc"]), e["msg"], e["type"]) for e in exc.errors()]
+    except RecursionError:
+        return None, [Problem("$", "document nested too deeply", "too_deep")]
 
 
 def check_document(doc: Any, manifest_path: Path, schemas: SchemaStore | None = None) -> LoadedManifest:
     """Validate a parsed manifest document; raise ManifestInvalid listing every problem."""
     schemas = schemas or SchemaStore()
-    problems: list[Problem] = []
-    manifest: Manifest | None = None
-    if not isinstance(doc, dict):
-        problems.append(Problem("$", f"a manifest is a JSON object, got {type(doc).__name__}", "object_type"))
-    else:
-        try:
-            manifest = Manifest.model_validate(doc)
-        except ValidationError as exc:
-            for e in exc.errors():
-                problems.append(Problem(_loc_path(e["loc"]), e["msg"], e["type"]))
-        except RecursionError:
-            problems.append(Problem("$", "document nested too deeply", "json"))
-    problems += _structure_problems(doc, schemas)
-    if manifest is not None:
-        for where, value in _floats(doc, "$"):
-            if not math.isfinite(value):
-                problems.append(Problem(where, "NaN/Infinity are not JSON", "json"))
+    problems = [Problem(p.path, p.message, p.type) for p in shape_problems(doc)]
+    manifest, schema_problems = _schema_problems(doc)
+    problems += schema_problems + structure_problems(doc, schemas)
     if problems or manifest is None:
         raise ManifestInvalid(problems, str(manifest_path))
 
@@ -323,41 +226,13 @@ def check_document(doc: Any, manifest_path: Path, schemas: SchemaStore | None = 
     deps: dict[str, list[str]] = {}
     for s in manifest.steps:
         found, _ = refs.find(s.args, "$")
-        ordered = list(s.needs) + [r.step for _, r in found]
-        deps[s.id] = list(dict.fromkeys(ordered))
-    order = _topological(manifest, deps)
+        deps[s.id] = list(dict.fromkeys(list(s.needs) + [r.step for _, r in found]))
+    order = topological_order([s.id for s in manifest.steps], deps)
     base_dir = manifest_path.resolve().parent
     workdir = Path(os.path.expanduser(manifest.workdir)) if manifest.workdir else Path(f"{manifest.name}.work")
     workdir = workdir if workdir.is_absolute() else base_dir / workdir
     return LoadedManifest(manifest=manifest, path=manifest_path.resolve(), base_dir=base_dir, workdir=workdir,
                           order=order, deps=deps, steps=steps)
-
-
-def _floats(value: Any, path: str):
-    stack = [(value, path)]
-    while stack:
-        item, where = stack.pop()
-        if isinstance(item, float):
-            yield where, item
-        elif isinstance(item, dict):
-            stack.extend((v, refs.json_path(where, str(k))) for k, v in item.items())
-        elif isinstance(item, list):
-            stack.extend((v, refs.json_path(where, i)) for i, v in enumerate(item))
-
-
-def _topological(manifest: Manifest, deps: dict[str, list[str]]) -> list[str]:
-    """Kahn's algorithm, always picking the earliest ready step in manifest order (stable, readable plans)."""
-    position = {s.id: i for i, s in enumerate(manifest.steps)}
-    remaining = {sid: set(d) for sid, d in deps.items()}
-    order: list[str] = []
-    while remaining:
-        ready = sorted((sid for sid, d in remaining.items() if not d), key=position.__getitem__)
-        sid = ready[0]  # a cycle was rejected earlier, so something is always ready
-        order.append(sid)
-        del remaining[sid]
-        for d in remaining.values():
-            d.discard(sid)
-    return order
 
 
 def load(path: str | os.PathLike[str], schemas: SchemaStore | None = None) -> LoadedManifest:

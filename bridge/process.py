@@ -1,13 +1,15 @@
-"""Run one worker process: list argv (never a shell), stdout and stderr drained by threads, timeout and
-cancellation that stop the whole process tree (TERM, grace period, KILL), peak RSS sampled with psutil."""
+"""Run one worker process: list argv (never a shell), stdout and stderr drained by threads as bytes arrive,
+timeout and cancellation that stop the whole process tree, peak RSS sampled with psutil.
+
+The answer is what arrived on stdout by the time the worker exited, plus a short grace period: a descendant
+that keeps the pipe open (a daemon) cannot hold the answer back, and is stopped with whatever else the worker
+left running.
+"""
 
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import deque
@@ -16,13 +18,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psutil
+from . import safefs
+from .proctree import ProcessTree, kill_group, pipe_holders, popen_kwargs, stop_processes, stop_worker
 
-#: stdout beyond this is dropped (an answer is one small JSON document; results spill to files).
+#: stdout beyond this is not kept (an answer is one small JSON document; results spill to files).
 MAX_STDOUT_BYTES = 64 * 1024 * 1024
+#: After the worker exits, how long its pipes may stay open before whatever holds them is stopped.
+ANSWER_GRACE_S = 1.0
 STDERR_TAIL_LINES = 40
+_STDERR_LINE_BYTES = 1 << 20  # a "line" without a newline is cut here, so stderr cannot exhaust memory
 _POLL_S = 0.05
-_RSS_EVERY_S = 0.25
+_SAMPLE_EVERY_S = 0.25
 
 WorkerEventHandler = Callable[[dict[str, Any]], None]
 
@@ -30,184 +36,167 @@ WorkerEventHandler = Callable[[dict[str, Any]], None]
 @dataclass
 class ProcessResult:
     exit_code: int | None
-    stdout: bytes
+    stdout: bytes  # at most MAX_STDOUT_BYTES
     stderr_tail: list[str]
     wall_s: float
     peak_rss_mb: float | None
     timed_out: bool = False
     cancelled: bool = False
+    stdout_bytes: int = 0  # everything the worker wrote, kept or not
+
+    @property
+    def stdout_over_cap(self) -> bool:
+        return self.stdout_bytes > MAX_STDOUT_BYTES
 
 
-def _pdeathsig_preexec() -> Callable[[], None] | None:
-    """Linux: the worker gets SIGKILL if the runner dies (even by SIGKILL), so no orphan keeps running."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        import ctypes
+class _StdoutReader(threading.Thread):
+    """Keeps bytes as they arrive: read1 returns what is available, where read(n) would wait for n bytes or
+    EOF (and EOF never comes while a daemon holds the pipe)."""
 
-        prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved before fork: the child only calls it
-    except (OSError, AttributeError):
-        return None
+    def __init__(self, stream):
+        super().__init__(daemon=True)
+        self.fd = _fileno(stream)
+        self._stream = stream
+        self._chunks: list[bytes] = []
+        self._kept = 0
+        self.total = 0
+        self._lock = threading.Lock()
 
-    def preexec() -> None:
-        prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    def run(self) -> None:
+        while chunk := _read1(self._stream):
+            with self._lock:
+                self.total += len(chunk)
+                if self._kept + len(chunk) <= MAX_STDOUT_BYTES:  # beyond: counted, not kept
+                    self._chunks.append(chunk)
+                    self._kept += len(chunk)
 
-    return preexec
-
-
-_PREEXEC = _pdeathsig_preexec()
-
-
-def popen_kwargs() -> dict[str, Any]:
-    """Platform options: the worker gets its own session / process group, so the runner owns its shutdown."""
-    if os.name == "nt":  # pragma: no cover
-        return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
-    kwargs: dict[str, Any] = {"start_new_session": True}
-    if _PREEXEC is not None:
-        kwargs["preexec_fn"] = _PREEXEC
-    return kwargs
+    def received(self) -> tuple[bytes, int]:
+        with self._lock:
+            return b"".join(self._chunks), self.total
 
 
-def kill_tree(proc: subprocess.Popen, grace_s: float) -> list[int]:
-    """TERM the worker and all its descendants, wait `grace_s`, KILL what is left. Returns the pids stopped."""
-    if not proc.pid or proc.pid <= 0:  # pid 0 would name the whole system to psutil
-        _quiet(proc.kill)
-        return []
-    try:
-        descendants = psutil.Process(proc.pid).children(recursive=True)
-    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
-        descendants = []
-    for p in descendants:
-        _quiet(p.terminate)
-    _quiet(proc.terminate)
-    deadline = time.monotonic() + grace_s
-    try:
-        proc.wait(timeout=grace_s)
-    except subprocess.TimeoutExpired:
-        _quiet(proc.kill)
-    _, alive = psutil.wait_procs(descendants, timeout=max(0.0, deadline - time.monotonic()))
-    for p in alive:
-        _quiet(p.kill)
-    psutil.wait_procs(alive, timeout=2)
-    _kill_group(proc.pid)
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:  # pragma: no cover - a process that survives SIGKILL
-        pass
-    return [proc.pid] + [p.pid for p in descendants]
+class _StderrReader(threading.Thread):
+    """Lines to stderr.log; JSON events to `on_event`; the rest (library noise) to a short tail."""
 
+    def __init__(self, stream, log_path: Path | None, on_event: WorkerEventHandler | None):
+        super().__init__(daemon=True)
+        self.fd = _fileno(stream)
+        self._stream = stream
+        self._log_path = log_path
+        self._on_event = on_event
+        self.tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
 
-def _kill_group(pgid: int) -> None:
-    """POSIX: stragglers that left the tree (daemonised children) still share the worker's process group."""
-    if os.name == "nt" or pgid <= 1 or pgid == os.getpgrp():  # never our own group (or a fake pid 0)
-        return
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError, OSError):
-        pass
-
-
-def _quiet(fn: Callable[[], Any]) -> None:
-    try:
-        fn()
-    except (psutil.NoSuchProcess, psutil.AccessDenied, ProcessLookupError, OSError):
-        pass
-
-
-def _tree_rss_mb(pid: int) -> float | None:
-    if not pid or pid <= 0:
-        return None
-    try:
-        root = psutil.Process(pid)
-        procs = [root] + root.children(recursive=True)
-        total = 0
-        for p in procs:
+    def run(self) -> None:
+        log = None
+        if self._log_path:
             try:
-                total += p.memory_info().rss
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                log = safefs.open_append_binary(self._log_path)
+            except (OSError, safefs.UnsafePath):
+                pass  # no log file, but the pipe must still be drained, or the worker blocks on a full pipe
+        try:
+            while raw := self._stream.readline(_STDERR_LINE_BYTES):
+                if log:
+                    log.write(raw)
+                self._handle(raw.decode("utf-8", "replace").rstrip("\r\n"))
+        finally:
+            if log:
+                log.close()
+
+    def _handle(self, line: str) -> None:
+        event = _worker_event(line)
+        if event is None:
+            if line.strip():
+                self.tail.append(line[:2000])
+        elif self._on_event:
+            try:
+                self._on_event(event)
+            except Exception:  # noqa: BLE001 - a listener must not kill the reader
                 pass
-        return round(total / (1024 * 1024), 1)
-    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError, OSError):
+
+
+def _read1(stream) -> bytes:
+    try:
+        return stream.read1(65536)
+    except (OSError, ValueError):  # ValueError: closed
+        return b""
+
+
+def _fileno(stream) -> int | None:
+    try:
+        return stream.fileno()
+    except (OSError, ValueError):  # io.UnsupportedOperation: an in-memory stream (faked processes in tests)
         return None
 
 
 def run_process(argv: list[str], *, cwd: Path | None = None, env: dict[str, str] | None = None,
                 timeout_s: float | None = None, kill_grace_s: float = 5.0,
                 cancel: threading.Event | None = None, on_event: WorkerEventHandler | None = None,
-                stderr_log: Path | None = None) -> ProcessResult:
-    """Start `argv`, drain both pipes concurrently, and stop the tree on timeout or cancel."""
+                stderr_log: Path | None = None, on_start: Callable[[int], None] | None = None) -> ProcessResult:
+    """Start `argv`, drain both pipes concurrently, stop the tree on timeout or cancel, collect the answer."""
     started = time.monotonic()
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             cwd=str(cwd) if cwd else None, env=env, **popen_kwargs())
-    chunks: list[bytes] = []
-    kept_bytes = [0]
-    tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
+    tree = ProcessTree(proc.pid)
+    try:
+        if on_start is not None:
+            on_start(proc.pid)
+        assert proc.stdout is not None and proc.stderr is not None
+        stdout, stderr = _StdoutReader(proc.stdout), _StderrReader(proc.stderr, stderr_log, on_event)
+        stdout.start()
+        stderr.start()
+        timed_out, cancelled = _supervise(proc, tree, started, timeout_s, cancel, kill_grace_s)
+        _collect(proc, tree, [stdout, stderr], kill_grace_s)
+    except BaseException:
+        if proc.poll() is None:  # the runner itself failed (or was interrupted): the worker must not outlive it
+            stop_worker(proc, tree, 0.0)
+        raise
+    data, total = stdout.received()
+    return ProcessResult(exit_code=proc.returncode, stdout=data, stdout_bytes=total, stderr_tail=list(stderr.tail),
+                         wall_s=round(time.monotonic() - started, 4), peak_rss_mb=tree.peak_rss_mb,
+                         timed_out=timed_out, cancelled=cancelled)
 
-    def read_stdout() -> None:
-        assert proc.stdout is not None
-        for chunk in iter(lambda: proc.stdout.read(65536), b""):
-            if kept_bytes[0] + len(chunk) <= MAX_STDOUT_BYTES:  # beyond: dropped, so the answer fails to parse
-                chunks.append(chunk)
-                kept_bytes[0] += len(chunk)
 
-    def read_stderr() -> None:
-        assert proc.stderr is not None
-        log = open(stderr_log, "ab") if stderr_log else None  # noqa: SIM115 - closed below
-        try:
-            for raw in iter(proc.stderr.readline, b""):
-                if log:
-                    log.write(raw)
-                line = raw.decode("utf-8", "replace").rstrip("\r\n")
-                event = _worker_event(line)
-                if event is not None:
-                    if on_event:
-                        try:
-                            on_event(event)
-                        except Exception:  # noqa: BLE001 - a listener must not kill the reader
-                            pass
-                elif line.strip():
-                    tail.append(line[:2000])
-        finally:
-            if log:
-                log.close()
-
-    readers = [threading.Thread(target=read_stdout, daemon=True), threading.Thread(target=read_stderr, daemon=True)]
-    for t in readers:
-        t.start()
-
-    timed_out = cancelled = False
-    peak: float | None = None
-    next_rss = 0.0
+def _supervise(proc: subprocess.Popen, tree: ProcessTree, started: float, timeout_s: float | None,
+               cancel: threading.Event | None, kill_grace_s: float) -> tuple[bool, bool]:
+    """Wait for the worker; sample its tree; stop it at the deadline or on cancel. (timed_out, cancelled)"""
+    next_sample = 0.0
     deadline = started + timeout_s if timeout_s else None
     while True:
         try:
             proc.wait(timeout=_POLL_S)
-            break
+            return False, False
         except subprocess.TimeoutExpired:
             pass
         now = time.monotonic()
-        if now >= next_rss:
-            rss = _tree_rss_mb(proc.pid)
-            if rss is not None:
-                peak = rss if peak is None else max(peak, rss)
-            next_rss = now + _RSS_EVERY_S
-        if cancel is not None and cancel.is_set():
-            cancelled = True
-        elif deadline is not None and now >= deadline:
-            timed_out = True
+        if now >= next_sample:
+            tree.sample()
+            next_sample = now + _SAMPLE_EVERY_S
+        cancelled = cancel is not None and cancel.is_set()
+        timed_out = not cancelled and deadline is not None and now >= deadline
         if cancelled or timed_out:
-            kill_tree(proc, kill_grace_s)
-            break
-    for t in readers:
-        t.join(timeout=2.0)
-    if any(t.is_alive() for t in readers):
-        # The worker exited but something it started still holds the pipes: stop the stragglers.
-        _kill_group(proc.pid)
-        for t in readers:
-            t.join(timeout=2.0)
-    return ProcessResult(exit_code=proc.returncode, stdout=b"".join(chunks), stderr_tail=list(tail),
-                         wall_s=round(time.monotonic() - started, 4), peak_rss_mb=peak, timed_out=timed_out,
-                         cancelled=cancelled)
+            stop_worker(proc, tree, kill_grace_s)
+            return timed_out, cancelled
+
+
+def _collect(proc: subprocess.Popen, tree: ProcessTree, readers: list[_StdoutReader | _StderrReader],
+             grace_s: float) -> None:
+    """The worker has exited: wait briefly for its pipes to close, then stop whatever it left running."""
+    deadline = time.monotonic() + ANSWER_GRACE_S
+    for reader in readers:
+        reader.join(max(0.0, deadline - time.monotonic()))
+    open_pipes = [r.fd for r in readers if r.is_alive() and r.fd is not None]
+    leftovers = {p.pid: p for p in tree.live_descendants()}
+    leftovers.update((p.pid, p) for p in pipe_holders(open_pipes))
+    if leftovers:
+        stop_processes(list(leftovers.values()), grace_s)
+    if any(r.is_alive() for r in readers):
+        kill_group(proc.pid)  # stragglers still in the worker's group
+        for reader in readers:
+            reader.join(2.0)
+    if not any(r.is_alive() for r in readers):  # a reader still blocked keeps its fd: never close under it
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
 
 
 def _worker_event(line: str) -> dict[str, Any] | None:

@@ -7,9 +7,8 @@ result. A string that merely contains `${steps.` is an error (no string interpol
 
 from __future__ import annotations
 
-import copy
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,20 +93,53 @@ def lookup(result: Any, ref: Reference) -> Any:
             value = value[seg]
         else:
             raise RefError(f"{ref.text}: cannot descend into {type(value).__name__} at '{here}'")
-    return copy.deepcopy(value)
+    return copy_json(value)
+
+
+def map_strings(value: Any, convert: Callable[[str], Any]) -> Any:
+    """A copy of a JSON value with every string `s` (dict keys excluded) replaced by `convert(s)`.
+
+    Iterative, so no nesting depth can raise RecursionError (a manifest or a result may be deeply nested).
+    """
+
+    def start(item: Any) -> tuple[Any, Any]:  # (the new item, the container still to copy into it, or None)
+        if isinstance(item, str):
+            return convert(item), None
+        if isinstance(item, dict):
+            return {}, item
+        if isinstance(item, list):
+            return [], item
+        return item, None
+
+    top, source = start(value)
+    pending = [(top, source)] if source is not None else []
+    while pending:
+        target, source = pending.pop()
+        pairs = source.items() if isinstance(source, dict) else enumerate(source)
+        for key, child in pairs:
+            new, child_source = start(child)
+            if isinstance(target, dict):
+                target[key] = new
+            else:
+                target.append(new)
+            if child_source is not None:
+                pending.append((new, child_source))
+    return top
+
+
+def copy_json(value: Any) -> Any:
+    return map_strings(value, lambda text: text)
 
 
 def resolve(value: Any, results: dict[str, Any]) -> Any:
     """A copy of `value` with every reference replaced by its value. Raises RefError."""
-    if isinstance(value, str):
-        ref = parse(value) if REF_MARKER in value else None
+
+    def replace(text: str) -> Any:
+        ref = parse(text) if REF_MARKER in text else None
         if ref is None:
-            return value
+            return text
         if ref.step not in results:
             raise RefError(f"{ref.text}: step '{ref.step}' has no committed result")
         return lookup(results[ref.step], ref)
-    if isinstance(value, dict):
-        return {k: resolve(v, results) for k, v in value.items()}
-    if isinstance(value, list):
-        return [resolve(v, results) for v in value]
-    return value
+
+    return map_strings(value, replace)

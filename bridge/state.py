@@ -1,17 +1,26 @@
 """Run state in SQLite (WORKDIR/.bridge/state.db, WAL): committed step records, every attempt, runs.
 
-Every write is its own transaction with synchronous=FULL: a record is durable before the runner moves on
-(a cache record that silently failed to write is how resume loses work).
+Every write is a transaction with synchronous=FULL: a record is durable before the runner moves on (a cache
+record that silently failed to write is how resume loses work). A commit writes the step record and its
+attempt in one transaction, so a committed step never has an attempt that reads `running` or `abandoned`.
+Results larger than INLINE_RESULT_BYTES live in `.bridge/results/` (the row keeps name, size and sha256), so
+one big answer does not grow the database by its size.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from . import safefs
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -24,16 +33,21 @@ CREATE TABLE IF NOT EXISTS steps (
     committed_key TEXT,                -- cache key of the committed record (NULL: none)
     components TEXT,                   -- key components of the committed record (for --explain)
     result TEXT, outputs TEXT, committed_dir TEXT, committed_at REAL,
-    last_key TEXT, last_error TEXT, updated_at REAL NOT NULL);
+    last_key TEXT, last_error TEXT, updated_at REAL NOT NULL,
+    result_file TEXT);                 -- {name, bytes, sha256} of a result kept in .bridge/results/
 CREATE TABLE IF NOT EXISTS attempts (
     id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL, step_id TEXT NOT NULL, attempt INTEGER NOT NULL,
     cache_key TEXT, status TEXT NOT NULL, started_at REAL NOT NULL, ended_at REAL, exit_code INTEGER,
-    error_kind TEXT, message TEXT, retryable INTEGER, wall_s REAL, peak_rss_mb REAL, staging_dir TEXT);
+    error_kind TEXT, message TEXT, retryable INTEGER, wall_s REAL, peak_rss_mb REAL, staging_dir TEXT,
+    worker_pid INTEGER, worker_started REAL);  -- the worker process (pid + start time: pids are reused)
 CREATE TABLE IF NOT EXISTS file_hashes (
     path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, sha256 TEXT NOT NULL);
 """
 
+#: Columns added after format 1 was first released; a state.db without them gets them on open.
+ADDED_COLUMNS = {"steps": {"result_file": "TEXT"}, "attempts": {"worker_pid": "INTEGER", "worker_started": "REAL"}}
 STATE_FORMAT = "1"
+INLINE_RESULT_BYTES = 64 * 1024
 
 
 @dataclass
@@ -42,29 +56,68 @@ class StepRecord:
     status: str
     committed_key: str | None
     components: dict[str, Any] | None
-    result: dict[str, Any] | None
+    result: dict[str, Any] | None  # None until `StateDB.load_result` when the result is kept in a file
     outputs: list[dict[str, Any]]
     committed_dir: str | None
     last_key: str | None
     last_error: dict[str, Any] | None
+    result_file: dict[str, Any] | None = None
 
     @property
     def committed(self) -> bool:
         return self.committed_key is not None
 
 
+@dataclass
+class AttemptEnd:
+    status: str  # committed | failed | interrupted
+    exit_code: int | None = None
+    error_kind: str | None = None
+    message: str | None = None
+    retryable: bool | None = None
+    wall_s: float = 0.0
+    peak_rss_mb: float | None = None
+
+
+@dataclass
+class AbandonedAttempt:
+    run_id: str
+    step_id: str
+    attempt: int
+    worker_pid: int | None
+    worker_started: float | None
+
+
 class StateDB:
-    def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, path: Path, results_dir: Path):
         self.path = path
+        self.results_dir = results_dir
         self.db = sqlite3.connect(str(path), isolation_level=None, timeout=30, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(SCHEMA)
+        self._add_missing_columns()
         self.db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('format', ?)", (STATE_FORMAT,))
+
+    def _add_missing_columns(self) -> None:
+        for table, columns in ADDED_COLUMNS.items():
+            present = {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}
+            for name, kind in columns.items():
+                if name not in present:
+                    self.db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
 
     def close(self) -> None:
         self.db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
 
     # runs ---------------------------------------------------------------------------------------------
     def start_run(self, run_id: str, manifest: str, options: dict[str, Any]) -> None:
@@ -75,25 +128,36 @@ class StateDB:
         self.db.execute("UPDATE runs SET ended_at=?, status=?, exit_code=? WHERE run_id=?",
                         (time.time(), status, exit_code, run_id))
 
-    def recover_abandoned(self) -> list[tuple[str, str, int]]:
-        """Attempts left `running` by a runner that died: mark them abandoned. Returns (run, step, attempt)."""
-        rows = self.db.execute("SELECT run_id, step_id, attempt FROM attempts WHERE status='running'").fetchall()
+    def recover_abandoned(self) -> list[AbandonedAttempt]:
+        """Attempts left `running` by a runner that died: mark them abandoned and return them."""
+        rows = self.db.execute("SELECT run_id, step_id, attempt, worker_pid, worker_started FROM attempts "
+                               "WHERE status='running'").fetchall()
         now = time.time()
-        self.db.execute("UPDATE attempts SET status='abandoned', ended_at=?, error_kind='interrupted', "
-                        "message='the runner stopped while this attempt ran' WHERE status='running'", (now,))
-        self.db.execute("UPDATE steps SET status='interrupted', updated_at=? WHERE status='running'", (now,))
-        self.db.execute("UPDATE runs SET status='abandoned', ended_at=? WHERE status='running'", (now,))
-        return [tuple(r) for r in rows]
+        with self._transaction():
+            self.db.execute("UPDATE attempts SET status='abandoned', ended_at=?, error_kind='interrupted', "
+                            "message='the runner stopped while this attempt ran' WHERE status='running'", (now,))
+            self.db.execute("UPDATE steps SET status='interrupted', updated_at=? WHERE status='running'", (now,))
+            self.db.execute("UPDATE runs SET status='abandoned', ended_at=? WHERE status='running'", (now,))
+        return [AbandonedAttempt(*row) for row in rows]
+
+    def settle_running(self, run_id: str, status: str, error: dict[str, Any]) -> None:
+        """After an uncaught exception: what this run left `running` gets the real outcome instead."""
+        now = time.time()
+        with self._transaction():
+            self.db.execute("UPDATE attempts SET status=?, ended_at=?, error_kind=?, message=?, retryable=0 "
+                            "WHERE run_id=? AND status='running'", (status, now, error["kind"], error["message"], run_id))
+            self.db.execute("UPDATE steps SET status=?, last_error=?, updated_at=? WHERE status='running'",
+                            (status, _dump(error), now))
 
     # steps --------------------------------------------------------------------------------------------
     def step(self, step_id: str) -> StepRecord | None:
         row = self.db.execute("SELECT step_id, status, committed_key, components, result, outputs, committed_dir, "
-                              "last_key, last_error FROM steps WHERE step_id=?", (step_id,)).fetchone()
+                              "last_key, last_error, result_file FROM steps WHERE step_id=?", (step_id,)).fetchone()
         if row is None:
             return None
         return StepRecord(step_id=row[0], status=row[1], committed_key=row[2], components=_load(row[3]),
                           result=_load(row[4]), outputs=_load(row[5]) or [], committed_dir=row[6],
-                          last_key=row[7], last_error=_load(row[8]))
+                          last_key=row[7], last_error=_load(row[8]), result_file=_load(row[9]))
 
     def _upsert_status(self, step_id: str, status: str, last_key: str | None, last_error: Any) -> None:
         self.db.execute(
@@ -109,20 +173,73 @@ class StateDB:
         self._upsert_status(step_id, status, key, error)
 
     def commit_step(self, step_id: str, key: str, components: dict[str, Any], result: Any,
-                    outputs: list[dict[str, Any]], committed_dir: str) -> None:
+                    outputs: list[dict[str, Any]], committed_dir: str, attempt_row: int, end: AttemptEnd) -> None:
+        """The step's committed record and the end of the attempt that made it, in one transaction."""
+        inline, result_file = self._store_result(step_id, result)
         now = time.time()
-        self.db.execute(
-            "INSERT INTO steps(step_id, status, committed_key, components, result, outputs, committed_dir, "
-            "committed_at, last_key, last_error, updated_at) VALUES (?,?,?,?,?,?,?,?,?,NULL,?) "
-            "ON CONFLICT(step_id) DO UPDATE SET status=excluded.status, committed_key=excluded.committed_key, "
-            "components=excluded.components, result=excluded.result, outputs=excluded.outputs, "
-            "committed_dir=excluded.committed_dir, committed_at=excluded.committed_at, last_key=excluded.last_key, "
-            "last_error=NULL, updated_at=excluded.updated_at",
-            (step_id, "committed", key, _dump(components), _dump(result), _dump(outputs), committed_dir, now, key, now))
+        with self._transaction():
+            self.db.execute(
+                "INSERT INTO steps(step_id, status, committed_key, components, result, outputs, committed_dir, "
+                "committed_at, last_key, last_error, updated_at, result_file) VALUES (?,?,?,?,?,?,?,?,?,NULL,?,?) "
+                "ON CONFLICT(step_id) DO UPDATE SET status=excluded.status, committed_key=excluded.committed_key, "
+                "components=excluded.components, result=excluded.result, outputs=excluded.outputs, "
+                "committed_dir=excluded.committed_dir, committed_at=excluded.committed_at, "
+                "last_key=excluded.last_key, last_error=NULL, updated_at=excluded.updated_at, "
+                "result_file=excluded.result_file",
+                (step_id, "committed", key, _dump(components), inline, _dump(outputs), committed_dir, now, key, now,
+                 _dump(result_file)))
+            self._end_attempt(attempt_row, end)
+        self._drop_result_files(step_id, keep=result_file["name"] if result_file else None)
 
     def mark_cache_hit(self, step_id: str) -> None:
+        # The WHERE clause skips rows that already say so: no write, no fsync, for each of many cached steps.
         self.db.execute("UPDATE steps SET status='committed', last_key=committed_key, last_error=NULL, updated_at=? "
-                        "WHERE step_id=?", (time.time(), step_id))
+                        "WHERE step_id=? AND (status != 'committed' OR last_error IS NOT NULL "
+                        "OR last_key IS NOT committed_key)", (time.time(), step_id))
+
+    # results kept in files ----------------------------------------------------------------------------
+    def _store_result(self, step_id: str, result: Any) -> tuple[str | None, dict[str, Any] | None]:
+        """(inline JSON, None) for a small result; (None, file reference) for a large one, written durably."""
+        text = _dump(result)
+        data = text.encode("utf-8") if text is not None else b""
+        if text is None or len(data) <= INLINE_RESULT_BYTES:
+            return text, None
+        digest = hashlib.sha256(data).hexdigest()
+        name = f"{step_id}.{digest[:16]}.json"  # '.' never occurs in a step id: a prefix names one step's files
+        safefs.replace_file(self.results_dir / name, data, durable=True)
+        return None, {"name": name, "bytes": len(data), "sha256": digest}
+
+    def load_result(self, rec: StepRecord) -> str | None:
+        """Read a result kept in a file into `rec.result`; None when it verifies, else why it does not."""
+        ref = rec.result_file
+        if ref is None or rec.result is not None:
+            return None
+        path = self.results_dir / ref["name"]
+        try:
+            fd = safefs.open_nofollow(path, os.O_RDONLY)
+            with os.fdopen(fd, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return f"result file {path} is missing"
+        except (OSError, safefs.UnsafePath) as exc:
+            return f"result file {path} is missing (unreadable: {exc})"
+        if len(data) != ref["bytes"] or hashlib.sha256(data).hexdigest() != ref["sha256"]:
+            return f"result file {path} differs from its recorded sha256"
+        rec.result = json.loads(data)
+        return None
+
+    def _drop_result_files(self, step_id: str, keep: str | None) -> None:
+        for name in os.listdir(self.results_dir):
+            if name.startswith(f"{step_id}.") and name != keep:
+                safefs.remove_entry(self.results_dir / name)
+
+    def prune_result_files(self) -> None:
+        """Result files no record names (left by a runner killed between writing one and committing)."""
+        kept = {_load(row[0])["name"] for row in self.db.execute("SELECT result_file FROM steps "
+                                                                  "WHERE result_file IS NOT NULL")}
+        for name in os.listdir(self.results_dir):
+            if name not in kept:
+                safefs.remove_entry(self.results_dir / name)
 
     # attempts -----------------------------------------------------------------------------------------
     def start_attempt(self, run_id: str, step_id: str, attempt: int, key: str, staging_dir: str) -> int:
@@ -131,12 +248,17 @@ class StateDB:
                               (run_id, step_id, attempt, key, "running", time.time(), staging_dir))
         return int(cur.lastrowid)
 
-    def end_attempt(self, row_id: int, status: str, exit_code: int | None, error_kind: str | None,
-                    message: str | None, retryable: bool | None, wall_s: float, peak_rss_mb: float | None) -> None:
+    def set_attempt_worker(self, row_id: int, pid: int, started: float | None) -> None:
+        self.db.execute("UPDATE attempts SET worker_pid=?, worker_started=? WHERE id=?", (pid, started, row_id))
+
+    def end_attempt(self, row_id: int, end: AttemptEnd) -> None:
+        self._end_attempt(row_id, end)
+
+    def _end_attempt(self, row_id: int, end: AttemptEnd) -> None:
         self.db.execute("UPDATE attempts SET status=?, ended_at=?, exit_code=?, error_kind=?, message=?, retryable=?, "
                         "wall_s=?, peak_rss_mb=? WHERE id=?",
-                        (status, time.time(), exit_code, error_kind, message,
-                         None if retryable is None else int(retryable), wall_s, peak_rss_mb, row_id))
+                        (end.status, time.time(), end.exit_code, end.error_kind, end.message,
+                         None if end.retryable is None else int(end.retryable), end.wall_s, end.peak_rss_mb, row_id))
 
     def attempts(self, step_id: str | None = None) -> list[dict[str, Any]]:
         cur = self.db.execute("SELECT * FROM attempts" + (" WHERE step_id=?" if step_id else "") + " ORDER BY id",

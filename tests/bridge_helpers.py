@@ -11,6 +11,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURE = str(REPO / "tests" / "fixtures" / "fixture_worker.py")
+#: A stand-alone contract worker that starts in milliseconds and can misbehave (tests/fixtures/bare_worker.py).
+BARE = str(REPO / "tests" / "fixtures" / "bare_worker.py")
 COMMITTED_SCHEMAS = REPO / "schemas"
 
 
@@ -38,6 +40,32 @@ def fixture_manifest(steps: list[dict[str, Any]], *, name: str = "t", retry: dic
         defaults["timeout_s"] = timeout_s
     return {"version": 1, "name": name, "defaults": defaults,
             "workers": {"fixture": [sys.executable, FIXTURE]}, "steps": steps, **extra}
+
+
+def bare_manifest(steps: list[dict[str, Any]], *, name: str = "t", max_attempts: int = 1,
+                  **extra: Any) -> dict[str, Any]:
+    """A manifest whose steps use the bare worker (`"worker": "bare"`), one attempt each unless told."""
+    defaults: dict[str, Any] = {"retry": {"max_attempts": max_attempts, "backoff_s": [0]}, "kill_grace_s": 1.0}
+    return {"version": 1, "name": name, "defaults": defaults, "workers": {"bare": [sys.executable, BARE]},
+            "steps": steps, **extra}
+
+
+def run_runner(manifest: Path, schemas: Path, **opts: Any):
+    """Run a manifest in this process: (exit code, console text, Runner)."""
+    import io
+
+    from bridge.manifest import load
+    from bridge.runner import Runner, RunOptions
+    from bridge.schemas import SchemaStore
+
+    out = io.StringIO()
+    store = SchemaStore(schemas)
+    runner = Runner(load(manifest, store), RunOptions(**opts), schemas=store, console=out)
+    return runner.run(), out.getvalue(), runner
+
+
+def trace(workdir: Path) -> dict[str, Any]:
+    return json.loads((workdir / "trace.json").read_text("utf-8"))
 
 
 def write_manifest(directory: Path, doc: dict[str, Any], file_name: str = "m.manifest.json") -> Path:

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 from bridge_helpers import FIXTURE, fixture_manifest, schema_dir, write_manifest
 
+from bridge.execute import rewrite_prefix
 from bridge.manifest import load
-from bridge.runner import EXIT_OK, EXIT_STEP_FAILED, Runner, RunOptions, _rewrite_prefix
+from bridge.runner import EXIT_OK, EXIT_STEP_FAILED, Runner, RunOptions
 from bridge.schemas import SchemaStore
 
 PREFIX = [sys.executable, FIXTURE]
@@ -39,7 +40,7 @@ class _FixedUUID:
 @pytest.fixture(autouse=True)
 def fixed_tags(monkeypatch):
     """Predictable staging dirs (`s-<attempt>-00000000`), so a faked answer can name its outputs up front."""
-    monkeypatch.setattr("bridge.runner.uuid.uuid4", lambda: _FixedUUID())
+    monkeypatch.setattr("bridge.execute.uuid.uuid4", lambda: _FixedUUID())
 
 
 def staging(tmp_path: Path, attempt: int = 1) -> Path:
@@ -177,5 +178,5 @@ def test_describe_failure_fails_the_steps_of_that_worker(tmp_path, store, fp):
 def test_prefix_rewrite_is_exact():
     old, new = "/w/.bridge/staging/a-1-x", "/w/steps/a"
     value = {"p": old + "/f.txt", "same": old, "other": old + "-sibling/f", "list": [old + "/d/e"], "n": 3}
-    assert _rewrite_prefix(value, old, new) == {"p": new + "/f.txt", "same": new, "other": old + "-sibling/f",
+    assert rewrite_prefix(value, old, new) == {"p": new + "/f.txt", "same": new, "other": old + "-sibling/f",
                                                 "list": [new + "/d/e"], "n": 3}

@@ -1,0 +1,75 @@
+"""What a run tells people: per-step trace records, trace.json, one human line per event, the summary table."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from . import safefs
+
+
+@dataclass
+class StepTrace:
+    # committed | cached | failed | skipped | interrupted | not_selected; "pending" only while the step is
+    # being decided or run (an uncaught exception turns it into failed or interrupted).
+    status: str = "pending"
+    reason: str = ""
+    cache_hit: bool = False
+    cache_key: str | None = None
+    optional: bool = False
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    wall_s: float = 0.0
+    error: dict[str, Any] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"status": self.status, "reason": self.reason, "cache_hit": self.cache_hit,
+                "cache_key": self.cache_key, "optional": self.optional, "wall_s": self.wall_s,
+                "peak_rss_mb": max((a["peak_rss_mb"] or 0 for a in self.attempts), default=None),
+                "error": self.error, "attempts": self.attempts}
+
+
+def status_counts(trace: dict[str, StepTrace]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for tr in trace.values():
+        counts[tr.status] = counts.get(tr.status, 0) + 1
+    return counts
+
+
+def write_trace(path: Path, doc: dict[str, Any]) -> None:
+    """Atomically (temporary file + rename), never through a link planted as trace.json or its temp file."""
+    safefs.replace_file(path, json.dumps(doc, indent=2, ensure_ascii=False).encode("utf-8", "backslashreplace"))
+
+
+def human_line(ev: dict[str, Any]) -> str | None:
+    """The console line for an event, or None for events the console does not show."""
+    e, sid = ev["event"], ev.get("step")
+    if e == "step_start":
+        return f"▶ {sid} ({ev['worker']}): {ev['reason']}"
+    if e == "step_skipped":
+        return f"↷ {sid} skipped: {ev['reason']}"
+    if e == "retry_scheduled":
+        return f"↻ {sid} attempt {ev['attempt']} failed ({ev['error_kind']}); retry in {ev['delay_s']:g} s"
+    if e == "step_committed":
+        return f"✓ {sid} committed after {ev['attempts']} attempt(s)"
+    if e == "step_failed":
+        return f"✗ {sid} failed ({ev.get('kind')}): {str(ev.get('message', ''))[:300]}"
+    if e == "step_interrupted":
+        return f"■ {sid} interrupted"
+    return None
+
+
+def print_summary(console: TextIO, title: str, rows: list[tuple[str, str, StepTrace]]) -> None:
+    """A table of (step, worker, trace): plain text when the console is not a terminal, colour on a TTY."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left", show_edge=False)
+    for column, justify in (("step", "left"), ("worker", "left"), ("status", "left"), ("attempts", "right"),
+                            ("wall s", "right"), ("why", "left")):
+        table.add_column(column, justify=justify, overflow="fold")
+    for sid, worker, tr in rows:
+        why = (tr.error or {}).get("message") or tr.reason
+        table.add_row(sid, worker, tr.status, str(len(tr.attempts)), f"{tr.wall_s:.2f}", str(why)[:160])
+    Console(file=console, width=120 if not console.isatty() else None, highlight=False).print(table)
