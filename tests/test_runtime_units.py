@@ -140,3 +140,28 @@ def test_output_stage_commit_moves_files_and_hashes(tmp_path):
     assert [Path(o.path).name for o in outputs] == ["sub.srt"]
     assert outputs[0].media_type == "application/x-subrip" and outputs[0].bytes == 2
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["sub.srt"]
+
+
+def test_schema_errors_point_inside_union_branches_and_list_every_problem():
+    from pydantic import BaseModel, Field
+
+    from workers.contract import ARGS_CONFIG, WorkerArgs, file_name_field
+    from workers.runtime.validation import validate_document
+
+    class Item(BaseModel):
+        model_config = ARGS_CONFIG
+        prompt: str = Field(pattern="[^ ]")
+        name: str | None = file_name_field(default=None)
+
+    class Args(WorkerArgs):
+        items: list[Item | str]
+        side: int | None = Field(default=None, multiple_of=8)
+
+    doc = {"output_dir": "o", "items": ["ok", {"prompt": " ", "name": "a/b", "typo": 1}, 5], "side": 100}
+    with pytest.raises(InvalidInput) as caught:
+        validate_document(Args, doc, "t")
+    errors = {e["path"]: e for e in caught.value.details["field_errors"]}
+    assert set(errors) == {"$.items[1].prompt", "$.items[1].name", "$.items[1].typo", "$.items[2]", "$.side"}
+    assert "plain file name" in errors["$.items[1].name"]["message"]
+    assert errors["$.items[2]"]["message"] == "5 is not of type 'object' or 'string'"
+    assert errors["$.side"]["message"].endswith("the nearest valid values are 96 and 104")

@@ -103,9 +103,17 @@ def schema_rules(*rules: dict) -> dict:
     return {"allOf": list(rules)}
 
 
-def rule(when: dict[str, dict], then: dict[str, dict]) -> dict:
+def rule(when: dict[str, dict], then: dict[str, dict], *, require: list[str] | None = None,
+         message: str | None = None) -> dict:
     """A cross-field rule: when every field in `when` is present and matches its subschema, each field in `then`
-    (if present) must match its subschema. Absent fields take their defaults, so write rules that defaults pass.
+    (if present) must match its subschema, and the fields in `require` must be present. Absent fields take their
+    defaults, so write rules that defaults pass.
 
-    Put `ERROR_MESSAGE_KEY` in a `then` subschema to give hosts and the worker an actionable message."""
-    return {"if": {"properties": when, "required": sorted(when)}, "then": {"properties": then}}
+    Put `ERROR_MESSAGE_KEY` in a `then` subschema (or pass `message` for `require`) to give hosts and the worker
+    an actionable message."""
+    then_schema: dict = {"properties": then}
+    if require:
+        then_schema["required"] = sorted(require)
+        if message:
+            then_schema[ERROR_MESSAGE_KEY] = message
+    return {"if": {"properties": when, "required": sorted(when)}, "then": then_schema}

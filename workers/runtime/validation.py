@@ -57,16 +57,24 @@ def args_validator(model: type[BaseModel]):
 def _message(error) -> str:
     """The error's message, or the schema's own `x-error-message` where the failing subschema has one."""
     custom = error.schema.get(ERROR_MESSAGE_KEY) if isinstance(error.schema, dict) else None
-    return f"{error.instance!r}: {custom}" if custom and error.validator != "type" else error.message
+    if error.validator == "multipleOf" and isinstance(error.instance, (int, float)):
+        return _nearest_multiples(error.instance, error.validator_value)
+    return f"{error.instance!r}: {custom}" if custom else error.message
 
 
-def _expand(error) -> Iterator[dict[str, str]]:
+def _nearest_multiples(value: float, step: float) -> str:
+    below = int(value // step * step)
+    return f"{value!r} is not a multiple of {step!r}; the nearest valid values are {below} and {below + int(step)}"
+
+
+def _expand(error, custom: str | None = None) -> Iterator[dict[str, str]]:
     """One jsonschema error -> field errors that point at the offending field itself."""
     path = list(error.absolute_path)
     if error.validator == "required" and isinstance(error.instance, dict):
+        message = error.schema.get(ERROR_MESSAGE_KEY) or "required field is missing"
         for name in error.validator_value:
             if name not in error.instance:
-                yield field_error(json_path([*path, name]), "required field is missing", "missing")
+                yield field_error(json_path([*path, name]), message, "missing")
         return
     if error.validator == "additionalProperties" and isinstance(error.instance, dict):
         known = set(error.schema.get("properties", {}))
@@ -75,19 +83,39 @@ def _expand(error) -> Iterator[dict[str, str]]:
                 yield field_error(json_path([*path, name]), "unknown field (not in the schema)", "extra_forbidden")
         return
     if error.validator in ("anyOf", "oneOf") and error.context:
-        from jsonschema.exceptions import best_match
-
-        inner = best_match(error.context)
-        types = [e.validator_value for e in error.context if e.validator == "type" and not e.relative_path]
-        if inner.validator == "type" and len(types) > 1:
-            message = f"{error.instance!r} is not of type {' or '.join(repr(t) for t in types)}"
-            yield field_error(json_path(path), message, "type")
-            return
-        custom = error.schema.get(ERROR_MESSAGE_KEY) or inner.schema.get(ERROR_MESSAGE_KEY)
-        message = f"{inner.instance!r}: {custom}" if custom else inner.message
-        yield field_error(json_path([*path, *inner.relative_path]), message, str(inner.validator))
+        yield from _expand_branches(error, path)
         return
-    yield field_error(json_path(path), _message(error), str(error.validator))
+    message = f"{error.instance!r}: {custom}" if custom and error.validator != "multipleOf" else _message(error)
+    yield field_error(json_path(path), message, str(error.validator))
+
+
+def _expand_branches(error, path: list) -> Iterator[dict[str, str]]:
+    """anyOf/oneOf: the branch whose type matched says what is wrong (every error in it); if no branch's type
+    matched, one error listing the types."""
+    from jsonschema.exceptions import best_match
+
+    matched = [e for e in error.context if e.validator != "type" or e.relative_path]
+    if not matched:
+        types = " or ".join(repr(e.validator_value) for e in error.context if e.validator == "type")
+        yield field_error(json_path(path), f"{error.instance!r} is not of type {types}", "type")
+        return
+    branch = best_match(matched).relative_schema_path[0]
+    for inner in matched:
+        if inner.relative_schema_path[0] == branch:
+            yield from _expand(inner, _custom_message(inner, stop=error))
+
+
+def _custom_message(error, stop) -> str | None:
+    """The nearest `x-error-message` from the failing subschema up to (and including) `stop`'s."""
+    current = error
+    while current is not None:
+        custom = current.schema.get(ERROR_MESSAGE_KEY) if isinstance(current.schema, dict) else None
+        if custom:
+            return custom
+        if current is stop:
+            return None
+        current = current.parent
+    return None
 
 
 def schema_field_errors(model: type[BaseModel], document: Any) -> list[dict[str, str]]:
@@ -113,12 +141,6 @@ def integral_floats_as_ints(value: Any) -> Any:
     if isinstance(value, list):
         return [integral_floats_as_ints(v) for v in value]
     return value
-
-
-def _covered(path: str, reported: set[str]) -> bool:
-    """True when `path`, an ancestor or a descendant of it already has an error (the same problem, twice)."""
-    return any(path == r or path.startswith(r + ".") or path.startswith(r + "[") or r.startswith(path + ".")
-               or r.startswith(path + "[") or path == "$" for r in reported)
 
 
 #: Args deeper than this are refused before validation (no real args come close; it keeps every step bounded).
@@ -147,15 +169,12 @@ def validate_document(model: type[BaseModel], document: Any, worker_name: str) -
         message = f"args nest deeper than {MAX_ARGS_DEPTH} levels of arrays and objects"
         raise InvalidInput(message, details={"field_errors": [field_error("$", message, "depth")]})
     errors = schema_field_errors(model, document)
-    try:
-        args = model.model_validate(integral_floats_as_ints(document))
-    except ValidationError as exc:
-        reported = {e["path"] for e in errors}
-        errors += [e for e in pydantic_field_errors(exc) if not (errors and _covered(e["path"], reported))]
-        args = None
-    if errors:
+    if errors:  # the host's verdict, with the host's paths
         raise invalid_args(worker_name, errors)
-    return args
+    try:
+        return model.model_validate(integral_floats_as_ints(document))
+    except ValidationError as exc:  # a rule only the model knows: still a field error (the contract tests forbid it)
+        raise invalid_args(worker_name, pydantic_field_errors(exc)) from None
 
 
 def invalid_args(worker_name: str, errors: list[dict[str, str]], what: str = "invalid args") -> InvalidInput:
