@@ -22,7 +22,7 @@ from pydantic import BaseModel, ValidationError
 
 from workers.contract.registry import WORKER_CONTRACT_MODULES, worker_models
 from workers.runtime.errors import InvalidInput
-from workers.runtime.validation import integral_floats_as_ints, validate_document
+from workers.runtime.validation import integral_floats_as_ints, json_path, validate_document
 
 from conftest import FIXTURE_WORKER, REPO
 
@@ -78,16 +78,41 @@ def _near_misses(sub: dict) -> list[Any]:
     return values
 
 
+def _fresh(value: Any) -> Any:
+    """A copy: the pool's lists and dicts must never be shared between documents (a later mutation would loop)."""
+    return json.loads(json.dumps(value))
+
+
+_SAMPLE_OF_TYPE: dict[str, Any] = {"integer": 7, "number": 7.5, "string": "7", "boolean": True, "null": None,
+                                   "array": [7], "object": {"x": 7}}
+
+
+def _wrong_types(sub: dict) -> list[Any]:
+    """One value of every JSON type the property does not allow."""
+    allowed = {b["type"] for b in [sub, *sub.get("anyOf", [])] if isinstance(b.get("type"), str)}
+    if not allowed or "$ref" in sub or any("$ref" in b for b in sub.get("anyOf", [])):
+        return []  # a reference or an untyped property: the pool covers it
+    if "number" in allowed:
+        allowed.add("integer")
+    return [v for t, v in _SAMPLE_OF_TYPE.items() if t not in allowed]
+
+
 @st.composite
 def _mutated(draw, schema: dict, valid: st.SearchStrategy) -> dict:
-    doc = dict(draw(valid))
+    doc = json.loads(json.dumps(draw(valid)))  # a deep copy: nested mutations must not touch hypothesis' value
     properties = schema.get("properties", {})
     for _ in range(draw(st.integers(1, 3))):
-        action = draw(st.sampled_from(["set", "set", "set", "set", "drop", "unknown", "dup_item"]))
+        action = draw(st.sampled_from(["set", "set", "set", "set", "drop", "unknown", "dup_item", "nested", "nested"]))
         if action == "drop" and doc:
             doc.pop(draw(st.sampled_from(sorted(doc))))
         elif action == "unknown":
-            doc[draw(st.sampled_from(["typo_field", "Model", "beam", "output-dir"]))] = draw(st.sampled_from(CONFUSED_VALUES))
+            doc[draw(st.sampled_from(["typo_field", "Model", "beam", "output-dir"]))] = _fresh(draw(st.sampled_from(CONFUSED_VALUES)))
+        elif action == "nested":  # inside an object, or an object in a list (prompt items, sizes, refiner, ...)
+            holders = [v for v in doc.values() if isinstance(v, dict) and v]
+            holders += [item for v in doc.values() if isinstance(v, list) for item in v if isinstance(item, dict) and item]
+            if holders:
+                holder = draw(st.sampled_from(holders))
+                holder[draw(st.sampled_from(sorted(holder) + ["typo"]))] = _fresh(draw(st.sampled_from(CONFUSED_VALUES)))
         elif action == "dup_item":
             lists = [k for k, v in doc.items() if isinstance(v, list) and v]
             if lists:
@@ -95,14 +120,10 @@ def _mutated(draw, schema: dict, valid: st.SearchStrategy) -> dict:
                 doc[key] = [*doc[key], doc[key][0]]
         else:
             key = draw(st.sampled_from(sorted(properties)))
-            doc[key] = draw(st.sampled_from(CONFUSED_VALUES + _near_misses(properties[key])))
+            specific = _near_misses(properties[key]) + _wrong_types(properties[key])
+            pools = [st.sampled_from(CONFUSED_VALUES)] + ([st.sampled_from(specific)] if specific else [])
+            doc[key] = _fresh(draw(st.one_of(pools)))
     return doc
-
-
-def _documents(schema: dict):
-    """Mostly mutated documents: a valid one is the starting point of each, so both verdicts stay common."""
-    valid = from_schema(schema)  # built once: hypothesis-jsonschema canonicalises the schema when it is made
-    return st.one_of(valid, _mutated(schema, valid), _mutated(schema, valid), _mutated(schema, valid))
 
 
 def _worker_verdict(model: type[BaseModel], name: str, doc: dict) -> tuple[bool, list[dict]]:
@@ -122,28 +143,47 @@ def _model_alone_accepts(model: type[BaseModel], doc: dict) -> bool:
     return True
 
 
+def _check_one_verdict(validator, model: type[BaseModel], name: str, doc: dict) -> bool:
+    """Assert host and worker agree on `doc` (and the strict model alone too); return the verdict."""
+    host_accepts = validator.is_valid(doc)
+    worker_accepts, errors = _worker_verdict(model, name, doc)
+    assert worker_accepts == host_accepts, f"schema says {host_accepts}, worker says {worker_accepts}: {doc!r} {errors}"
+    assert _model_alone_accepts(model, doc) == host_accepts, f"the strict model disagrees with the schema on {doc!r}"
+    if not host_accepts:
+        for path in {json_path(e.absolute_path) for e in validator.iter_errors(doc)}:
+            # every place the host's validator points at is named by the worker too
+            assert any(e["path"] == path or e["path"].startswith(path) for e in errors), (path, errors)
+    return host_accepts
+
+
+_SETTINGS = {"deadline": None, "suppress_health_check": list(HealthCheck), "derandomize": True}
+
+
 @pytest.mark.parametrize("name, model, schema", CASES, ids=[c[0] for c in CASES])
-def test_schema_and_worker_give_one_verdict(name, model, schema):
+def test_documents_generated_from_the_schema_are_accepted_by_the_worker(name, model, schema):
+    validator = jsonschema.Draft202012Validator(schema)
+
+    @settings(max_examples=100, **_SETTINGS)
+    @given(from_schema(schema))
+    def check(doc):
+        assert _check_one_verdict(validator, model, name, doc)
+
+    check()
+
+
+@pytest.mark.parametrize("name, model, schema", CASES, ids=[c[0] for c in CASES])
+def test_mutated_documents_get_one_verdict(name, model, schema):
     validator = jsonschema.Draft202012Validator(schema)
     seen = {True: 0, False: 0}
 
-    @settings(max_examples=500, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
-    @given(_documents(schema))
+    @settings(max_examples=300, **_SETTINGS)
+    @given(_mutated(schema, from_schema(schema)))
     def check(doc):
-        host_accepts = validator.is_valid(doc)
-        worker_accepts, errors = _worker_verdict(model, name, doc)
-        assert worker_accepts == host_accepts, f"schema says {host_accepts}, worker says {worker_accepts}: {doc!r} {errors}"
-        assert _model_alone_accepts(model, doc) == host_accepts, f"the strict model disagrees with the schema on {doc!r}"
-        if not host_accepts:
-            host_paths = {"$" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e.absolute_path)
-                          for e in validator.iter_errors(doc)}
-            for path in host_paths:  # every place the host's validator points at is named by the worker too
-                assert any(e["path"] == path or e["path"].startswith(path) for e in errors), (path, errors)
-        seen[host_accepts] += 1
+        seen[_check_one_verdict(validator, model, name, doc)] += 1
 
     check()
-    # the generator must exercise both verdicts, or the property proves nothing
-    assert seen[True] >= 50 and seen[False] >= 150, seen
+    # most mutations must really break the document, or the property proves little
+    assert seen[False] >= 150, seen
 
 
 def test_every_registered_worker_and_the_fixture_are_covered():

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-from worker_process import FIXTURE, paths, run, whisper_args
+from worker_process import FIXTURE, minimal_document, paths, run, whisper_args
 
 from conftest import FIXTURE_WORKER, REPO
 
@@ -199,16 +199,29 @@ def _worker_cases() -> list[tuple[str, list[str], tuple[str, ...], str]]:
 WITHOUT_MODULES = REPO / "tests" / "fixtures" / "without_modules.py"
 
 
+def _smallest_valid_args(name: str, tmp_path: Path) -> dict:
+    """The simplest args document the worker's own schema accepts, with a real output_dir.
+
+    The missing-extra check runs right after validation, so no input file has to exist."""
+    if name == "fixture":
+        return {"output_dir": str(tmp_path / "out")}
+    schema = json.loads((REPO / "schemas" / f"{name}.args.schema.json").read_text("utf-8"))
+    args = {**minimal_document(schema), "output_dir": str(tmp_path / "out")}
+    jsonschema.Draft202012Validator(schema).validate(args)
+    return args
+
+
 @pytest.mark.parametrize("name, target, requires, extra", _worker_cases(), ids=[c[0] for c in _worker_cases()])
 def test_a_missing_extra_is_model_unavailable_naming_the_install(tmp_path, name, target, requires, extra):
     assert requires and extra, f"worker {name} must declare `requires` and `extra`"
-    args = whisper_args(tmp_path) if name == "whisper" else {"output_dir": str(tmp_path / "out")}
+    args = _smallest_valid_args(name, tmp_path)
     for module in requires:
         argv = [sys.executable, str(WITHOUT_MODULES), module, *target]
         code, doc = run(argv, tmp_path, args)
         assert code == 3 and doc["error"]["kind"] == "model_unavailable", doc["error"]
         assert f"pip install 'storybridge[{extra}]'" in doc["error"]["message"]
         assert doc["error"]["details"]["missing_modules"] == [module]
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_module_missing_at_import_time_is_model_unavailable_too(tmp_path):

@@ -41,3 +41,23 @@ def whisper_args(tmp_path: Path, **fields) -> dict:
 
 def paths(doc: dict) -> set[str]:
     return {e["path"] for e in doc["error"]["details"]["field_errors"]}
+
+
+def minimal_document(schema: dict, sub: dict | None = None) -> object:
+    """The simplest value `sub` (default: the whole schema) accepts: required fields only, "x" for strings,
+    the minimum for numbers, one item per required list item. Enough for the schemas of our workers; the caller
+    checks the result against the schema."""
+    sub = schema if sub is None else sub
+    if "$ref" in sub:
+        return minimal_document(schema, schema["$defs"][sub["$ref"].rsplit("/", 1)[-1]])
+    if "anyOf" in sub:
+        return minimal_document(schema, sub["anyOf"][-1] if {"type": "null"} not in sub["anyOf"] else {"type": "null"})
+    kind = sub.get("type")
+    if "enum" in sub:
+        return sub["enum"][0]
+    if kind == "object":
+        return {k: minimal_document(schema, sub["properties"][k]) for k in sub.get("required", [])}
+    if kind == "array":
+        return [minimal_document(schema, sub.get("items", {})) for _ in range(sub.get("minItems", 0))]
+    return {"string": "x", "integer": sub.get("minimum", 0), "number": sub.get("minimum", 0.0), "boolean": False,
+            "null": None}.get(kind, "x")

@@ -12,6 +12,7 @@ from pydantic import BaseModel
 #: worker name -> module holding `Args` and `Result` models.
 WORKER_CONTRACT_MODULES: dict[str, str] = {
     "whisper": "workers.whisper.contract",
+    "sdxl": "workers.sdxl.contract",
 }
 
 

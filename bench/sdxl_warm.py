@@ -1,0 +1,105 @@
+"""What does the SDXL worker cost over calling diffusers directly, cold and warm? (tiny model, CPU)
+
+Side by side in one run, on the same prompts, seeds, size and steps:
+  (a) in-process: StableDiffusionXLPipeline already loaded, one call per image, PNGs saved
+  (b) one-shot:   `python -m workers.sdxl --input args.json` (process start + imports + load + run)
+  (c) warm:       the second identical request to one `--serve` process
+Goals: c <= 1.10 a, b / c >= 20.
+
+    python bench/sdxl_warm.py [--images 4] [--steps 20] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def in_process(model: Path, prompts: list[str], steps: int, out: Path, repeat: int) -> float:
+    import torch
+    from diffusers import StableDiffusionXLPipeline
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(str(model), local_files_only=True, add_watermarker=False)
+    pipe.set_progress_bar_config(disable=True)
+    times = []
+    for _ in range(repeat + 1):  # the first call warms kernels, as the worker's first request does
+        t0 = time.perf_counter()
+        for i, prompt in enumerate(prompts):
+            image = pipe(prompt, generator=torch.Generator("cpu").manual_seed(i), num_inference_steps=steps,
+                         width=64, height=64).images[0]
+            image.save(out / f"direct_{i}.png")
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times[1:])
+
+
+def worker_args(model: Path, prompts: list[str], steps: int, out: Path) -> dict:
+    return {"prompts": [{"prompt": p, "seed": i} for i, p in enumerate(prompts)], "model": str(model),
+            "output_dir": str(out), "steps": steps, "width": 64, "height": 64}
+
+
+def one_shot(args: dict, tmp: Path, repeat: int) -> float:
+    path = tmp / "args.json"
+    path.write_text(json.dumps(args))
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "workers.sdxl", "--input", str(path)], cwd=REPO,
+                              capture_output=True)
+        times.append(time.perf_counter() - t0)
+        assert proc.returncode == 0, proc.stdout[-2000:]
+    return statistics.median(times)
+
+
+def warm(args: dict, repeat: int) -> tuple[float, dict]:
+    proc = subprocess.Popen([sys.executable, "-m", "workers.sdxl", "--serve"], cwd=REPO, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    proc.stdout.readline()
+    times, answer = [], {}
+    for i in range(repeat + 1):  # the first request loads the model
+        t0 = time.perf_counter()
+        proc.stdin.write(json.dumps({"id": i, "args": args}).encode() + b"\n")
+        proc.stdin.flush()
+        answer = json.loads(proc.stdout.readline())
+        times.append(time.perf_counter() - t0)
+        assert answer["success"], answer["error"]
+    proc.stdin.close()
+    proc.wait()
+    return statistics.median(times[1:]), answer
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--images", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--repeat", type=int, default=3)
+    opts = parser.parse_args()
+    sys.path.insert(0, str(REPO))
+    from workers.tiny import build_sdxl
+
+    tmp = Path(tempfile.mkdtemp(prefix="sdxl-bench-"))
+    model = build_sdxl(tmp / "sdxl")
+    prompts = [f"keyframe {i}: a fox crossing a snowy field, cinematic" for i in range(opts.images)]
+    (tmp / "direct").mkdir()
+    a = in_process(model, prompts, opts.steps, tmp / "direct", opts.repeat)
+    args = worker_args(model, prompts, opts.steps, tmp / "worker")
+    b = one_shot(args, tmp, opts.repeat)
+    c, answer = warm(args, opts.repeat)
+    metrics = answer["metrics"]
+    print(f"tiny SDXL, {opts.images} images x {opts.steps} steps at 64x64, CPU, median of {opts.repeat}")
+    print(f"(a) in-process pipeline   {a:7.3f} s")
+    print(f"(b) worker one-shot cold  {b:7.3f} s")
+    print(f"(c) worker warm           {c:7.3f} s   (run_s {metrics['run_s']}, model_loads {metrics['model_loads']})")
+    print(f"c/a = {c / a:.3f}  (goal <= 1.10: {'met' if c / a <= 1.10 else 'MISSED'})")
+    print(f"b/c = {b / c:.1f}  (goal >= 20: {'met' if b / c >= 20 else 'MISSED'})")
+
+
+if __name__ == "__main__":
+    main()
