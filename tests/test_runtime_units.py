@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from workers.contract import ErrorKind, check_file_name
 from workers.runtime.cache import ModelCache
 from workers.runtime.engine import json_path
-from workers.runtime.errors import InvalidInput, classify_exception
+from workers.runtime.errors import InvalidInput, ResourceExhausted, classify_exception
 from workers.runtime.outputs import OutputStage
 from workers.runtime.paths import contained
 
@@ -165,3 +165,44 @@ def test_schema_errors_point_inside_union_branches_and_list_every_problem():
     assert "plain file name" in errors["$.items[1].name"]["message"]
     assert errors["$.items[2]"]["message"] == "5 is not of type 'object' or 'string'"
     assert errors["$.side"]["message"].endswith("the nearest valid values are 96 and 104")
+
+
+def test_oom_ladder_climbs_rungs_in_order_and_gives_up_as_resource():
+    from workers.runtime.oom_ladder import MemoryLadder
+
+    applied, warnings, calls = [], [], []
+
+    def generate(chunk):
+        calls.append(len(chunk))
+        if len(calls) <= 5:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 1.00 GiB")
+        return [x * 10 for x in chunk]
+
+    ladder = MemoryLadder(("vae_tiling", "smaller_batch", "model_offload", "sequential_offload"), batch_size=4,
+                          accelerator=True, apply=applied.append, warn=warnings.append)
+    assert ladder.run([1, 2, 3, 4], generate) == [10, 20, 30, 40]
+    assert calls == [4, 4, 2, 1, 1, 1, 1, 1, 1]  # tiling, halve, halve, offload, sequential, then it fits
+    assert applied == ["vae_tiling", "model_offload", "sequential_offload"] and ladder.rung == "sequential_offload"
+    assert len(warnings) == 5
+
+    cpu = MemoryLadder(("vae_tiling", "model_offload"), accelerator=False, apply=applied.append, warn=warnings.append)
+    with pytest.raises(ResourceExhausted):
+        cpu.run([1], lambda chunk: (_ for _ in ()).throw(MemoryError()))
+    with pytest.raises(KeyError):  # anything but an allocation failure propagates untouched
+        cpu.run([1], lambda chunk: {}["missing"])
+
+
+@pytest.mark.parametrize("mode, expected_box", [("cover", (10, 10)), ("contain", (10, 10)), ("stretch", (10, 10))])
+def test_fit_gives_the_delivery_size_in_every_mode(mode, expected_box):
+    from PIL import Image
+
+    from workers.runtime.imaging import fit
+
+    class Size:
+        width, height = 10, 10
+
+    image = Image.new("RGB", (40, 20), (255, 0, 0))
+    fitted = fit(image, Size(), mode)
+    assert fitted.size == expected_box
+    corner = fitted.getpixel((0, 0))
+    assert (corner == (0, 0, 0)) is (mode == "contain")  # only contain pads with black bars

@@ -17,13 +17,16 @@ from typing import Any
 
 from workers.runtime import FieldErrors, InvalidInput, JobContext, Worker, check_allowed
 from workers.runtime.devices import cuda_devices
+from workers.runtime.imaging import fit
+from workers.runtime.oom_ladder import MemoryLadder
 
 from . import __version__, images, pipeline
 from .contract import MAX_SEED, Args, ImageResult, PromptItem, Result
-from .memory import MemoryLadder
-from .sizes import fit, generation_size
+from .sizes import generation_size
 
 _SAFETENSORS_MAX_HEADER_BYTES = 100 * 1024 * 1024
+#: Out-of-memory rungs, cheapest first (docs/sdxl.md).
+LADDER = ("vae_tiling", "smaller_batch", "model_offload", "sequential_offload")
 
 
 @dataclass
@@ -123,9 +126,9 @@ class SdxlWorker(Worker[Args, Result]):
             ctx.warn(f"{width}x{height} is well below this model's native {model.native_side}x{model.native_side}: "
                      "expect weak images")
         scheduler = pipeline.prepare(model, args)
-        ladder = MemoryLadder(args.batch_size, accelerator=model.device.startswith("cuda"),
-                              vae_tiling_on=args.vae_tiling, apply=lambda rung: pipeline.apply_rung(model, rung),
-                              warn=ctx.warn)
+        ladder = MemoryLadder(LADDER, batch_size=args.batch_size, accelerator=model.device.startswith("cuda"),
+                              already_on=frozenset({"vae_tiling"} if args.vae_tiling else ()),
+                              apply=lambda rung: pipeline.apply_rung(model, rung), warn=ctx.warn)
         generator = _Generator(model, args, ctx, width, height, total=len(jobs))
         results: list[ImageResult] = []
         with pipeline.loras(model, args.loras):

@@ -1,8 +1,10 @@
-"""The out-of-memory ladder: on OOM, free memory and retry the same images with the next memory saving.
+"""The out-of-memory ladder: on OOM, free memory and retry the same work with the next memory saving.
 
-Rungs, cheapest first: VAE tiling -> smaller batches (halved down to 1) -> model CPU offload -> sequential CPU
-offload. The offload rungs need an accelerator and are skipped on the CPU. Each climb is a warning; the highest
-rung reached is reported. When nothing is left, the job answers `resource` (retryable).
+A worker lists its rungs, cheapest first (SDXL: VAE tiling -> smaller batches -> model CPU offload -> sequential
+CPU offload) and applies each one when asked. `smaller_batch` is the ladder's own: it halves the chunk size down
+to 1. Rungs in NEEDS_ACCELERATOR are skipped on the CPU. Each climb is a warning; the highest rung reached is
+reported. When nothing is left, the job answers `resource` (retryable). No torch import here: memory is freed
+through torch only if a worker already imported it.
 """
 
 from __future__ import annotations
@@ -12,13 +14,13 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-from workers.runtime import ResourceExhausted, is_out_of_memory
+from .errors import ResourceExhausted, is_out_of_memory
 
 T = TypeVar("T")
 R = TypeVar("R")
 
-RUNGS = ("vae_tiling", "smaller_batch", "model_offload", "sequential_offload")
-_NEEDS_ACCELERATOR = {"model_offload", "sequential_offload"}
+SMALLER_BATCH = "smaller_batch"
+NEEDS_ACCELERATOR = frozenset({"model_offload", "sequential_offload"})
 
 
 def free_memory() -> None:
@@ -31,14 +33,13 @@ def free_memory() -> None:
 class MemoryLadder:
     """Runs batches; climbs a rung on each OOM. State persists across the batches of one job."""
 
-    def __init__(self, batch_size: int, *, accelerator: bool, vae_tiling_on: bool,
-                 apply: Callable[[str], None], warn: Callable[[str], None]):
+    def __init__(self, rungs: Sequence[str], *, batch_size: int = 1, accelerator: bool,
+                 already_on: frozenset[str] = frozenset(), apply: Callable[[str], None], warn: Callable[[str], None]):
         self.batch_size = batch_size
         self.rung = "none"
         self._apply = apply
         self._warn = warn
-        self._left = [r for r in RUNGS if (accelerator or r not in _NEEDS_ACCELERATOR)
-                      and not (r == "vae_tiling" and vae_tiling_on)]
+        self._left = [r for r in rungs if (accelerator or r not in NEEDS_ACCELERATOR) and r not in already_on]
 
     def run(self, items: Sequence[T], generate: Callable[[Sequence[T]], list[R]]) -> list[R]:
         """generate(items) in chunks of the current batch size, retrying a chunk after each climb."""
@@ -61,7 +62,7 @@ class MemoryLadder:
     def _climb(self, failed_chunk: int) -> None:
         while self._left:
             rung = self._left[0]
-            if rung == "smaller_batch":
+            if rung == SMALLER_BATCH:
                 if failed_chunk > 1:
                     self.batch_size = max(1, failed_chunk // 2)
                     self._record(rung, f"out of memory: batch size lowered to {self.batch_size}")
@@ -73,10 +74,9 @@ class MemoryLadder:
             self._record(rung, f"out of memory: retrying with {rung.replace('_', ' ')}")
             return
         raise ResourceExhausted(
-            "Out of memory even with VAE tiling, batch size 1" + (" and CPU offload" if self.rung.endswith("offload")
-                                                                 else "") +
-            ": use a smaller size, fewer steps with the refiner off, a lower precision, or a bigger GPU; retry later "
-            "if other jobs share the GPU.", details={"memory_rung": self.rung})
+            f"Out of memory with every memory saving tried (last: {self.rung.replace('_', ' ')}): use a smaller size, "
+            "fewer images or frames, a lower precision, or a bigger GPU; retry later if other jobs share the GPU.",
+            details={"memory_rung": self.rung})
 
     def _record(self, rung: str, message: str) -> None:
         self.rung = rung
