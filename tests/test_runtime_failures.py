@@ -26,11 +26,12 @@ linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RL
 
 # --- a bad output_dir is the user's input, not a bug -------------------------------------------------------
 
-@pytest.mark.parametrize("layout", ["is_a_file", "under_a_file"])
+@pytest.mark.parametrize("layout", ["is_a_file", "under_a_file", "nul_byte", "name_too_long"])
 def test_unusable_output_dir_is_invalid_input(tmp_path, layout):
     blocker = tmp_path / "blocker"
     blocker.write_text("a file")
-    output_dir = blocker if layout == "is_a_file" else blocker / "sub" / "out"
+    output_dir = {"is_a_file": str(blocker), "under_a_file": str(blocker / "sub" / "out"),
+                  "nul_byte": str(tmp_path / "o\u0000ut"), "name_too_long": str(tmp_path / ("a" * 300))}[layout]
     code, doc = run(FIXTURE, tmp_path, {"output_dir": str(output_dir), "outputs": {"a.txt": "x"}})
     assert code == 2 and doc["error"]["kind"] == "invalid_input" and paths(doc) == {"$.output_dir"}
     assert "traceback" not in doc["error"]["details"]
@@ -275,3 +276,26 @@ def test_a_warm_cache_hit_reports_the_device_of_the_loaded_model(tmp_path):
     results = [m for m in map(json.loads, proc.stdout.decode().splitlines()) if m["event"] == "result"]
     assert [r["metrics"]["model_cache_hit"] for r in results] == [False, True]
     assert [r["metrics"]["device"] for r in results] == ["cpu", "cpu"]
+
+
+SIGNAL_DURING = REPO / "tests" / "fixtures" / "signal_during.py"
+
+
+@pytest.mark.parametrize("moment", ["commit", "answer"])
+def test_a_signal_while_committing_or_answering_waits_and_the_true_answer_stands(tmp_path, moment):
+    out = tmp_path / "out"
+    argv = [sys.executable, str(SIGNAL_DURING), moment, str(FIXTURE_WORKER)]
+    code, doc = run(argv, tmp_path, {"output_dir": str(out), "outputs": {"a.txt": "new a", "b.txt": "new b"}})
+    assert code == 0 and doc["success"] is True  # not "cancelled, no output was kept"
+    assert (out / "a.txt").read_text() == "new a" and (out / "b.txt").read_text() == "new b"
+    assert sorted(p.name for p in out.iterdir()) == ["a.txt", "b.txt"]
+
+
+def test_serve_answers_a_job_whose_commit_was_signalled_then_stops(tmp_path):
+    request = {"id": "j", "args": {"output_dir": str(tmp_path / "out"), "outputs": {"a.txt": "x", "b.txt": "y"}}}
+    proc = subprocess.run([sys.executable, str(SIGNAL_DURING), "commit", str(FIXTURE_WORKER), "--serve"],
+                          input=(json.dumps(request) + "\n").encode(), capture_output=True, timeout=60)
+    lines = [json.loads(line) for line in proc.stdout.decode().splitlines()]
+    assert [(m["event"], m.get("id")) for m in lines] == [("ready", None), ("result", "j"), ("shutdown", None)]
+    assert lines[1]["success"] is True and lines[2]["reason"] == "signal"
+    assert proc.returncode == 5

@@ -100,6 +100,26 @@ def test_model_cache_keeps_one_model_and_evicts_the_old_one_first():
     assert cache.loads == 2 and cache.keys() == ["b"]
 
 
+def test_an_evicted_model_is_gone_before_the_next_one_loads():
+    import gc
+    import weakref
+
+    class Model:
+        pass
+
+    cache = ModelCache(capacity=1)
+    first, _ = cache.get_or_load("a", Model)
+    alive = weakref.ref(first)
+    del first
+
+    def load_second():
+        gc.collect()
+        assert alive() is None, "the evicted model was still referenced while the next one loaded"
+        return Model()
+
+    cache.get_or_load("b", load_second)
+
+
 @pytest.mark.parametrize("name", ["../x", "a/b", "..", ".", "a\\b", "c:evil", "x\x00y", " lead", ""])
 def test_check_file_name_rejects_paths(name):
     with pytest.raises(ValueError):

@@ -284,3 +284,24 @@ def test_one_progress_event_per_denoising_step(tiny_sdxl, tmp_path, capfd):
     assert steps == [(0, 1), (0, 2), (0, 3), (1, 1), (1, 2), (1, 3)]  # 2 images x 3 steps, in order
     fractions = [e["fraction"] for e in events]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
+
+
+def test_a_lora_with_the_wrong_shapes_is_invalid_input_and_leaves_the_model_clean(tiny_sdxl, tiny_lora, tmp_path):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from workers.runtime.cache import ModelCache
+    from workers.runtime.engine import execute
+    from workers.sdxl.worker import SdxlWorker
+
+    tensors = load_file(str(tiny_lora))
+    key = next(k for k in tensors if "lora_A" in k)
+    tensors[key] = torch.zeros(tensors[key].shape[0] + 3, tensors[key].shape[1])  # a rank that does not match
+    bad = tmp_path / "bad.safetensors"
+    save_file(tensors, str(bad))
+    worker, cache = SdxlWorker(), ModelCache()
+    plain, _ = execute(worker, base_args(tiny_sdxl, tmp_path / "p1"), cache)
+    envelope, code = execute(worker, base_args(tiny_sdxl, tmp_path / "bad", loras=[{"path": str(bad)}]), cache)
+    assert code == 2 and envelope.error.details["field_errors"][0]["path"] == "$.loras[0].path", envelope.error
+    again, _ = execute(worker, base_args(tiny_sdxl, tmp_path / "p2"), cache)
+    assert [o.sha256 for o in again.outputs] == [o.sha256 for o in plain.outputs] and cache.loads == 1

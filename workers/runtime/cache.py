@@ -28,6 +28,7 @@ class ModelCache:
             _, old = self._models.popitem(last=False)
             if self._on_evict is not None:
                 self._on_evict(old)
+            del old  # no reference may survive into load(): two big pipelines must never coexist
         model = load()
         self.loads += 1
         self._models[key] = model

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -15,9 +14,10 @@ import orjson
 
 from workers.contract import CONTRACT_VERSION, EXIT_CODES, EXIT_SUCCESS, ErrorKind, WorkerDescription
 
+from . import signals
 from .cache import ModelCache
 from .engine import execute, failure_envelope
-from .errors import InvalidInput, ResourceExhausted, TransientError
+from .errors import InvalidInput, ResourceExhausted
 from .events import emit, install_log_handler
 from .stdio import ProtocolStream, dumps, force_utf8
 from .worker import Worker
@@ -110,35 +110,9 @@ def schemas(worker: Worker) -> dict[str, Any]:
             "result": worker.Result.model_json_schema(mode="serialization")}
 
 
-class Cancelled(KeyboardInterrupt):
-    """SIGTERM (or SIGINT) arrived: unwind like Ctrl-C so staged outputs are discarded, then answer."""
-
-    def __init__(self, signum: int):
-        super().__init__(f"signal {signum}")
-        self.signal_name = signal.Signals(signum).name
-
-
-def cancelled_error(exc: KeyboardInterrupt) -> TransientError:
-    """The answer to a job stopped by a signal: `transient`, with `details.cancelled` so a host that sent the
-    signal itself (its own timeout) can tell it from a failure."""
-    name = getattr(exc, "signal_name", "SIGINT")
-    return TransientError(f"cancelled by {name} before the job finished; no output was kept and it is safe to run "
-                          "it again", details={"cancelled": True, "signal": name})
-
-
-def _terminate_as_interrupt() -> None:
-    def handler(signum, frame):
-        raise Cancelled(signum)
-
-    try:
-        signal.signal(signal.SIGTERM, handler)
-    except (ValueError, OSError):  # not the main thread, or a platform without SIGTERM handlers
-        pass
-
-
 def main(worker: Worker, argv: list[str] | None = None) -> int:
     force_utf8()
-    _terminate_as_interrupt()
+    signals.install()
     protocol = ProtocolStream.take_stdout()
     install_log_handler(worker.name)
     try:
@@ -171,12 +145,16 @@ def main(worker: Worker, argv: list[str] | None = None) -> int:
     try:
         document, code = _one_shot(worker, opts)
     except MemoryError:
-        protocol.write_bytes(out_of_memory_answer)
-        return EXIT_CODES[ErrorKind.resource]
-    except KeyboardInterrupt as exc:  # a signal after the job, before its answer was written
-        envelope, code = failure_envelope(worker, cancelled_error(exc))
+        document, code = None, EXIT_CODES[ErrorKind.resource]
+    except KeyboardInterrupt as exc:  # a signal after the job failed, before its answer was built
+        envelope, code = failure_envelope(worker, signals.cancelled_error(exc))
         document = envelope.model_dump(mode="json")
-    protocol.write_json(document)
+    signals.GATE.hold()  # the answer goes out whole, and it stands: a signal now changes neither it nor the exit
+    if document is None:
+        protocol.write_bytes(out_of_memory_answer)
+    else:
+        protocol.write_json(document)
+    signals.GATE.forget()
     return code
 
 
@@ -187,7 +165,7 @@ def _one_shot(worker: Worker, opts: argparse.Namespace) -> tuple[dict[str, Any],
     except InvalidInput as exc:
         envelope, code = failure_envelope(worker, exc)
     except KeyboardInterrupt as exc:  # SIGINT, or SIGTERM via Cancelled; staged outputs are already gone
-        envelope, code = failure_envelope(worker, cancelled_error(exc))
+        envelope, code = failure_envelope(worker, signals.cancelled_error(exc))
     document = envelope.model_dump(mode="json")
     if opts.output:
         try:

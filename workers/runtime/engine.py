@@ -16,6 +16,7 @@ from .errors import FieldErrors, ModelUnavailable, WorkerError, classify_excepti
 from .metrics import peak_rss_mb, peak_vram_mb, reset_peak_vram
 from .outputs import OutputStage
 from .paths import check_output_dir
+from .signals import GATE
 from .validation import field_error, json_path, pydantic_field_errors, validate_document
 from .worker import Worker
 
@@ -97,6 +98,7 @@ def execute(worker: Worker, raw: Any, cache: ModelCache, request_id: str | int |
             result = worker.Result.model_validate(result)
         job.run_s = time.perf_counter() - t0
         job.stage_name = "writing outputs"
+        GATE.hold_job()  # from here the job finishes and answers truthfully; the caller ends the hold after answering
         outputs = stage.commit()
         stage = None
         envelope = ResultEnvelope(worker=worker.name, worker_version=worker.version, success=True,

@@ -6,20 +6,14 @@ import errno
 import hashlib
 import mimetypes
 import os
-import re
 import shutil
-import stat
-import time
-import uuid
 from pathlib import Path
-
-import psutil
 
 from workers.contract import OutputFile
 
-from .errors import InvalidInput, ResourceExhausted
-from .events import emit
+from .errors import InternalError, InvalidInput, ResourceExhausted
 from .paths import contained
+from .staging import StageDir, remove_stale_stages
 
 _MEDIA_TYPES = {
     ".srt": "application/x-subrip",
@@ -46,57 +40,6 @@ def sha256_file(path: Path, chunk_bytes: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-STAGE_PREFIX = ".partial-"
-#: `.partial-<pid>-<process start, ms>-<random>`: who owns a staging dir, so a later run can tell a live one
-#: (another worker writing into the same output_dir) from one a SIGKILL left behind.
-_OWNED_STAGE = re.compile(r"^\.partial-(\d+)-(\d+)-[0-9a-f]+$")
-#: Staging dirs from before owners were recorded are removed once they are this old.
-UNOWNED_STAGE_MAX_AGE_S = 3600.0
-
-
-def _process_start_ms(pid: int) -> int | None:
-    try:
-        return round(psutil.Process(pid).create_time() * 1000)
-    except (psutil.NoSuchProcess, psutil.ZombieProcess):
-        return None
-    except psutil.AccessDenied:
-        return -1  # alive, start time unknown
-
-
-def _stage_is_stale(entry: os.DirEntry) -> bool:
-    match = _OWNED_STAGE.match(entry.name)
-    if match is None:
-        return time.time() - entry.stat(follow_symlinks=False).st_mtime > UNOWNED_STAGE_MAX_AGE_S
-    pid, started_ms = int(match[1]), int(match[2])
-    if pid == os.getpid():
-        return False
-    current = _process_start_ms(pid)
-    return current is None or (current != -1 and abs(current - started_ms) > 1000)  # gone, or pid reused
-
-
-def remove_stale_stages(output_dir: Path) -> int:
-    """Delete `.partial-*` directories whose worker is gone (killed before it could clean up).
-
-    Never follows a symlink: only real directories are considered, and rmtree unlinks links inside."""
-    removed = 0
-    try:
-        entries = list(os.scandir(output_dir))
-    except OSError:
-        return 0
-    for entry in entries:
-        try:
-            if not entry.name.startswith(STAGE_PREFIX) or not stat.S_ISDIR(entry.stat(follow_symlinks=False).st_mode):
-                continue
-            if _stage_is_stale(entry):
-                shutil.rmtree(entry.path)
-                removed += 1
-        except OSError as exc:  # racing another cleaner, or not ours to delete: leave it
-            emit("log", level="warning", message=f"could not remove stale staging dir {entry.path}: {exc}")
-    if removed:
-        emit("log", level="info", message=f"removed {removed} stale staging dir(s) in {output_dir}")
-    return removed
-
-
 def _output_dir_error(output_dir: Path, exc: OSError) -> Exception:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return ResourceExhausted(f"output_dir {str(output_dir)!r}: disk full ({exc.strerror})",
@@ -118,14 +61,13 @@ class OutputStage:
     def __init__(self, output_dir: Path):
         self.output_dir = output_dir
         self._created_output_dir = not output_dir.exists()
-        started_ms = _process_start_ms(os.getpid())
-        self.dir = output_dir / f"{STAGE_PREFIX}{os.getpid()}-{max(started_ms or 0, 0)}-{uuid.uuid4().hex[:8]}"
         try:
             output_dir.mkdir(parents=True, exist_ok=True)
             remove_stale_stages(output_dir)
-            self.dir.mkdir()
+            self._stage = StageDir(output_dir)  # locked for this job's lifetime: no cleaner removes it
         except OSError as exc:
             raise _output_dir_error(output_dir, exc) from None
+        self.dir = self._stage.path
         self._files: dict[str, str] = {}  # name -> media type
 
     def path(self, name: str, media_type: str | None = None) -> Path:
@@ -140,6 +82,9 @@ class OutputStage:
         return contained(self.output_dir, name)
 
     def commit(self) -> list[OutputFile]:
+        if not self.dir.is_dir():
+            raise InternalError(f"the staging dir {self.dir} disappeared before the outputs were committed "
+                                "(removed by something else); nothing was written")
         outputs = []
         for name, media_type in self._files.items():
             staged = self.dir / name
@@ -151,10 +96,12 @@ class OutputStage:
             os.replace(staged, final)
             outputs.append(OutputFile(path=str(final), sha256=digest, bytes=size, media_type=media_type))
         shutil.rmtree(self.dir, ignore_errors=True)
+        self._stage.release()
         return outputs
 
     def discard(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
+        self._stage.release()
         if self._created_output_dir:
             try:
                 self.output_dir.rmdir()  # only if empty

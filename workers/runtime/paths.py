@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 from pathlib import Path
 
@@ -20,6 +22,30 @@ def _is_under(path: Path, root: Path) -> bool:
     return path == root or root in path.parents
 
 
+def _unusable(field: str, path: object, exc: Exception) -> InvalidInput:
+    reason = getattr(exc, "strerror", None) or str(exc)
+    return _bad(field, f"cannot be used: {reason}", "bad_path", path)
+
+
+def _path_checked(check):
+    """A path check whose OS errors (name too long, permission denied, NUL byte, symlink loop) are field errors."""
+    signature = inspect.signature(check)
+
+    @functools.wraps(check)
+    def checked(*args, **kwargs):
+        try:
+            return check(*args, **kwargs)
+        except InvalidInput:
+            raise
+        except (OSError, ValueError, RuntimeError) as exc:  # RuntimeError: a symlink loop in Path.resolve
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            raise _unusable(bound.arguments["field"], bound.arguments["path"], exc) from None
+
+    return checked
+
+
+@_path_checked
 def check_allowed(path: str | os.PathLike[str], field: str) -> Path:
     """Resolve `path` (following symlinks) and refuse it when it lies outside the allowed roots."""
     resolved = Path(path).expanduser().resolve()
@@ -34,6 +60,7 @@ def _bad(field: str, message: str, type_: str, value: object) -> InvalidInput:
     return InvalidInput.for_field(field, f"{field} {str(value)!r} {message}", type_=type_, detail=message)
 
 
+@_path_checked
 def check_output_dir(path: str | os.PathLike[str], field: str = "output_dir") -> Path:
     """An allowed directory the worker can write into, or create; checked before any model loads."""
     resolved = check_allowed(path, field)
@@ -61,6 +88,7 @@ def contained(base: Path, name: str) -> Path:
     return candidate
 
 
+@_path_checked
 def input_file(path: str, field: str) -> Path:
     """An existing, non-empty regular file the worker may read."""
     resolved = check_allowed(path, field)

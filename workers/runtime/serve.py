@@ -19,7 +19,8 @@ from workers.contract.serve import ServePong, ServeReady, ServeRequest, ServeRes
 from .cache import ModelCache
 from .engine import execute, failure_envelope
 from .errors import InvalidInput, WorkerError
-from .stdio import ProtocolStream, signals_deferred
+from .signals import GATE, cancelled_error, signals_deferred
+from .stdio import ProtocolStream
 from .validation import pydantic_field_errors
 from .worker import Worker
 
@@ -81,11 +82,10 @@ def _loop(worker: Worker, protocol: ProtocolStream, cache: ModelCache, session: 
             with signals_deferred():  # answered and marked done together: a signal never answers it twice
                 protocol.write_json(ServeResult(**envelope.model_dump(), id=request.id).model_dump(mode="json"))
                 session.running = False
+            GATE.end_job()  # a signal that waited for this answer is raised now
 
 
 def serve(worker: Worker, protocol: ProtocolStream) -> int:
-    from .cli import cancelled_error
-
     cache = ModelCache(on_evict=worker.unload)
     session = _Session()
     try:
@@ -97,8 +97,10 @@ def serve(worker: Worker, protocol: ProtocolStream) -> int:
         finally:
             cache.clear()
     except KeyboardInterrupt as exc:  # SIGTERM/SIGINT, even one that lands after stdin closed: answer, say why, exit 5
+        GATE.hold()  # the last lines go out whole; further signals change nothing
         if session.running:
             _respond_error(protocol, worker, session.request_id, cancelled_error(exc))
         protocol.write_json(ServeShutdown(reason="signal").model_dump(mode="json"))
+        GATE.forget()
         return EXIT_CODES[ErrorKind.transient]
     return EXIT_SUCCESS

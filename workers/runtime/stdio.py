@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import io
 import os
-import signal
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import orjson
+
+from .signals import signals_deferred
 
 
 def force_utf8() -> None:
@@ -54,22 +53,8 @@ class ProtocolStream:
 
     def write_bytes(self, document: bytes) -> None:
         """One rendered document and a newline; SIGTERM/SIGINT wait until the line is out, so it is never cut."""
-        with signals_deferred():
+        with signals_deferred():  # a flag the handler checks: works whichever thread the signal was delivered to
             data = memoryview(document + b"\n")
             while data:
                 written = os.write(self._fd, data)
                 data = data[written:]
-
-
-@contextmanager
-def signals_deferred() -> Iterator[None]:
-    """Block SIGTERM and SIGINT (where the platform can) while a protocol line is written."""
-    mask = getattr(signal, "pthread_sigmask", None)
-    if mask is None:
-        yield
-        return
-    previous = mask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
-    try:
-        yield
-    finally:
-        mask(signal.SIG_SETMASK, previous)

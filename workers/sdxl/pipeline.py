@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from workers.runtime import InvalidInput, ModelUnavailable
+from workers.runtime import InvalidInput, ModelUnavailable, is_out_of_memory
+from workers.runtime.events import emit
 from workers.runtime.models import resolve_model_dir
 
 from .contract import Args, Lora
@@ -36,6 +37,7 @@ class SdxlModel:
     dtype: str
     schedulers: dict[str, tuple[type, dict[str, Any]]]  # "base"/"refiner" -> the checkpoint's own (class, config)
     native_side: int
+    offload: str = "none"  # what the loaded pipelines do now: the ladder may have turned offload on for good
 
 
 def resolve_device(device: str) -> str:
@@ -99,7 +101,7 @@ def load(args: Args, device: str, dtype_name: str, base_dir: Path, refiner_dir: 
     schedulers = {role: (type(p.scheduler), dict(p.scheduler.config))
                   for role, p in (("base", pipe), ("refiner", refiner)) if p is not None}
     return SdxlModel(pipe=pipe, refiner=refiner, device=device, dtype=dtype_name, schedulers=schedulers,
-                     native_side=native)
+                     native_side=native, offload=args.offload)
 
 
 def _from_pretrained(cls, directory: Path, name: str, **kwargs):
@@ -129,6 +131,7 @@ def apply_rung(model: SdxlModel, rung: str) -> None:
             pipe.vae.enable_tiling()
         elif rung in ("model_offload", "sequential_offload"):
             _offload(pipe, rung.split("_")[0], model.device)
+            model.offload = rung.split("_")[0]
 
 
 def prepare(model: SdxlModel, args: Args) -> str:
@@ -167,14 +170,20 @@ def loras(model: SdxlModel, items: list[Lora]) -> Iterator[None]:
             path = Path(lora.path).resolve()
             try:
                 model.pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=name)
-            except (ValueError, KeyError, OSError) as exc:
+            except Exception as exc:  # noqa: BLE001 - wrong keys or shapes (peft raises RuntimeError): the user's file
+                if is_out_of_memory(exc):
+                    raise
+                first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
                 raise InvalidInput.for_field(f"$.loras[{names.index(name)}].path", f"LoRA {lora.path!r} does not fit "
-                                             f"this model: {str(exc).splitlines()[0][:300]}", type_="bad_file",
+                                             f"this model: {first_line}", type_="bad_file",
                                              detail="not a LoRA for this model") from None
         model.pipe.set_adapters(names, adapter_weights=[lora.scale for lora in items])
         yield
     finally:
-        model.pipe.unload_lora_weights()
+        try:
+            model.pipe.unload_lora_weights()
+        except Exception as exc:  # noqa: BLE001 - never hide the job's own error; the next request reloads cleanly
+            emit("log", level="warning", message=f"unloading LoRAs failed: {exc}")
 
 
 def decode_fp32(pipe, latents) -> Any:

@@ -68,7 +68,7 @@ def check_safetensors(path: Path) -> str | None:
 
     try:
         return None if isinstance(json.loads(header), dict) else "is not a safetensors file (header is not an object)"
-    except ValueError:
+    except (ValueError, RecursionError):
         return "is not a safetensors file (header is not JSON)"
 
 
@@ -78,7 +78,7 @@ class SdxlWorker(Worker[Args, Result]):
     Args = Args
     Result = Result
     extra = "sdxl"
-    requires = ("torch", "diffusers", "transformers", "PIL", "safetensors")
+    requires = ("torch", "diffusers", "transformers", "accelerate", "peft", "PIL", "safetensors")
 
     # --- cheap checks, no torch ----------------------------------------------------------------------------
     def check_inputs(self, args: Args) -> None:
@@ -137,7 +137,7 @@ class SdxlWorker(Worker[Args, Result]):
                     results.append(self._save(job, pixels, seconds, generator.redecoded.get(job.index, False),
                                               args, ctx, width, height, scheduler))
         ctx.extra_metrics.update(images=len(results), memory_rung=ladder.rung, batch_size_used=ladder.batch_size,
-                                 width=width, height=height)
+                                 width=width, height=height, offload=model.offload)
         ctx.progress(1.0, "done", images=len(results))
         return Result(images=sorted(results, key=lambda r: r.index), model=args.model,
                       refiner=args.refiner.model if args.refiner else None, device=model.device, dtype=model.dtype,
