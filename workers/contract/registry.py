@@ -13,6 +13,7 @@ from pydantic import BaseModel
 WORKER_CONTRACT_MODULES: dict[str, str] = {
     "whisper": "workers.whisper.contract",
     "sdxl": "workers.sdxl.contract",
+    "ltx": "workers.ltx.contract",
 }
 
 
