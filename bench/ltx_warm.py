@@ -12,13 +12,13 @@ Goal: c <= 1.10 a.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from worker_timing import one_shot, warm
 
 REPO = Path(__file__).resolve().parent.parent
 PROMPT = "a red fox running through fresh snow at dawn, slow tracking shot"
@@ -51,36 +51,6 @@ def worker_args(model: Path, opts, out: Path) -> dict:
             "num_frames": opts.frames, "fps": FPS, "steps": opts.steps, "seed": 0}
 
 
-def one_shot(args: dict, tmp: Path, repeat: int) -> float:
-    path = tmp / "args.json"
-    path.write_text(json.dumps(args))
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "workers.ltx", "--input", str(path)], cwd=REPO,
-                              capture_output=True)
-        times.append(time.perf_counter() - t0)
-        assert proc.returncode == 0, proc.stdout[-2000:]
-    return statistics.median(times)
-
-
-def warm(args: dict, repeat: int) -> tuple[float, dict]:
-    proc = subprocess.Popen([sys.executable, "-m", "workers.ltx", "--serve"], cwd=REPO, stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    proc.stdout.readline()
-    times, answer = [], {}
-    for i in range(repeat + 1):  # the first request loads the model
-        t0 = time.perf_counter()
-        proc.stdin.write(json.dumps({"id": i, "args": args}).encode() + b"\n")
-        proc.stdin.flush()
-        answer = json.loads(proc.stdout.readline())
-        times.append(time.perf_counter() - t0)
-        assert answer["success"], answer["error"]
-    proc.stdin.close()
-    proc.wait()
-    return statistics.median(times[1:]), answer
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--frames", type=int, default=33)
@@ -96,8 +66,8 @@ def main() -> None:
     (tmp / "direct").mkdir()
     a = in_process(model, opts, tmp / "direct")
     args = worker_args(model, opts, tmp / "worker")
-    b = one_shot(args, tmp, opts.repeat)
-    c, answer = warm(args, opts.repeat)
+    b = one_shot("ltx", args, tmp, opts.repeat)
+    c, answer = warm("ltx", args, opts.repeat)
     metrics = answer["metrics"]
     print(f"tiny LTX, {opts.frames} frames x {opts.steps} steps at {opts.size}x{opts.size}, CPU, median of {opts.repeat}")
     print(f"(a) in-process pipeline + encode  {a:7.3f} s")

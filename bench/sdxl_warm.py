@@ -12,13 +12,13 @@ Goals: c <= 1.10 a, b / c >= 20.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from worker_timing import one_shot, warm
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -45,36 +45,6 @@ def worker_args(model: Path, prompts: list[str], steps: int, out: Path) -> dict:
             "output_dir": str(out), "steps": steps, "width": 64, "height": 64}
 
 
-def one_shot(args: dict, tmp: Path, repeat: int) -> float:
-    path = tmp / "args.json"
-    path.write_text(json.dumps(args))
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "workers.sdxl", "--input", str(path)], cwd=REPO,
-                              capture_output=True)
-        times.append(time.perf_counter() - t0)
-        assert proc.returncode == 0, proc.stdout[-2000:]
-    return statistics.median(times)
-
-
-def warm(args: dict, repeat: int) -> tuple[float, dict]:
-    proc = subprocess.Popen([sys.executable, "-m", "workers.sdxl", "--serve"], cwd=REPO, stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    proc.stdout.readline()
-    times, answer = [], {}
-    for i in range(repeat + 1):  # the first request loads the model
-        t0 = time.perf_counter()
-        proc.stdin.write(json.dumps({"id": i, "args": args}).encode() + b"\n")
-        proc.stdin.flush()
-        answer = json.loads(proc.stdout.readline())
-        times.append(time.perf_counter() - t0)
-        assert answer["success"], answer["error"]
-    proc.stdin.close()
-    proc.wait()
-    return statistics.median(times[1:]), answer
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--images", type=int, default=4)
@@ -90,8 +60,8 @@ def main() -> None:
     (tmp / "direct").mkdir()
     a = in_process(model, prompts, opts.steps, tmp / "direct", opts.repeat)
     args = worker_args(model, prompts, opts.steps, tmp / "worker")
-    b = one_shot(args, tmp, opts.repeat)
-    c, answer = warm(args, opts.repeat)
+    b = one_shot("sdxl", args, tmp, opts.repeat)
+    c, answer = warm("sdxl", args, opts.repeat)
     metrics = answer["metrics"]
     print(f"tiny SDXL, {opts.images} images x {opts.steps} steps at 64x64, CPU, median of {opts.repeat}")
     print(f"(a) in-process pipeline   {a:7.3f} s")

@@ -15,9 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from worker_process import run
-
-from conftest import REPO
+from worker_process import ServeSession, fail_first_calls, run
 
 LTX = [sys.executable, "-m", "workers.ltx"]
 
@@ -110,27 +108,9 @@ def test_one_shot_clip_reads_back_snaps_frames_and_repeats_across_processes(tiny
 
 # --- warm: t2v -> i2v -> t2v on one load ------------------------------------------------------------------------
 
-class Serve:
-    def __init__(self):
-        self.proc = subprocess.Popen([*LTX, "--serve"], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL)
-        assert json.loads(self.proc.stdout.readline())["event"] == "ready"
-
-    def run(self, request_id: str, args: dict) -> dict:
-        self.proc.stdin.write(json.dumps({"id": request_id, "args": args}).encode() + b"\n")
-        self.proc.stdin.flush()
-        answer = json.loads(self.proc.stdout.readline())
-        assert answer["id"] == request_id and answer["success"], answer["error"]
-        return answer
-
-    def close(self) -> None:
-        self.proc.stdin.close()
-        self.proc.wait(timeout=60)
-
-
 @pytest.mark.slow
 def test_warm_worker_switches_text_and_image_to_video_on_one_load(tiny_ltx, keyframe, tmp_path):
-    serve = Serve()
+    serve = ServeSession(LTX)
     try:
         first = serve.run("t2v", base_args(tiny_ltx, tmp_path / "t2v"))
         reference = check_clip(first["result"], first["outputs"], 9, 8, (32, 64))
@@ -211,25 +191,11 @@ def _execute(args: dict):
     return execute(LtxWorker(), args, ModelCache())
 
 
-class OutOfMemoryError(RuntimeError):  # the name torch.OutOfMemoryError has; matched by name
-    pass
-
-
 def _failing_calls(monkeypatch, failures: int) -> list[int]:
     """Make the first `failures` pipeline calls raise OOM; returns num_frames of every call."""
     from diffusers import LTXPipeline
 
-    original = LTXPipeline.__call__
-    frames: list[int] = []
-
-    def call(self, *args, **kwargs):
-        frames.append(kwargs["num_frames"])
-        if len(frames) <= failures:
-            raise OutOfMemoryError("CUDA out of memory. Tried to allocate 4.00 GiB")
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(LTXPipeline, "__call__", call)
-    return frames
+    return fail_first_calls(monkeypatch, LTXPipeline, failures, lambda kwargs: kwargs["num_frames"])
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from worker_process import run
+from worker_process import ServeSession, fail_first_calls, run
 
 from conftest import REPO
 
@@ -93,28 +93,10 @@ def test_one_shot_images_decode_at_size_carry_metadata_and_repeat_across_process
 
 # --- warm: batching, LoRA without leaks, scheduler per request, formats, refiner ----------------------------
 
-class Serve:
-    def __init__(self):
-        self.proc = subprocess.Popen([*SDXL, "--serve"], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL)
-        assert json.loads(self.proc.stdout.readline())["event"] == "ready"
-
-    def run(self, request_id: str, args: dict) -> dict:
-        self.proc.stdin.write(json.dumps({"id": request_id, "args": args}).encode() + b"\n")
-        self.proc.stdin.flush()
-        answer = json.loads(self.proc.stdout.readline())
-        assert answer["id"] == request_id
-        return answer
-
-    def close(self) -> None:
-        self.proc.stdin.close()
-        self.proc.wait(timeout=60)
-
-
 def test_warm_worker_batches_loras_and_schedulers_without_leaks(tiny_sdxl, tiny_lora, tmp_path):
     from workers.sdxl.images import read_parameters
 
-    serve = Serve()
+    serve = ServeSession(SDXL)
     try:
         plain = serve.run("plain", base_args(tiny_sdxl, tmp_path / "plain", aspect="16:9"))
         assert plain["success"], plain["error"]
@@ -211,25 +193,11 @@ def _execute(args: dict):
     return execute(SdxlWorker(), args, ModelCache())
 
 
-class OutOfMemoryError(RuntimeError):  # the name torch.OutOfMemoryError has; matched by name
-    pass
-
-
 def _failing_calls(monkeypatch, failures: int) -> list[int]:
     """Make the first `failures` pipeline calls raise OOM; returns the batch size of every call."""
     from diffusers import StableDiffusionXLPipeline
 
-    original = StableDiffusionXLPipeline.__call__
-    sizes: list[int] = []
-
-    def call(self, *args, **kwargs):
-        sizes.append(len(kwargs["prompt"]))
-        if len(sizes) <= failures:
-            raise OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(StableDiffusionXLPipeline, "__call__", call)
-    return sizes
+    return fail_first_calls(monkeypatch, StableDiffusionXLPipeline, failures, lambda kwargs: len(kwargs["prompt"]))
 
 
 def test_oom_climbs_the_ladder_and_reports_the_rung(tiny_sdxl, tmp_path, monkeypatch):

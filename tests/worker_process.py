@@ -61,3 +61,43 @@ def minimal_document(schema: dict, sub: dict | None = None) -> object:
         return [minimal_document(schema, sub.get("items", {})) for _ in range(sub.get("minItems", 0))]
     return {"string": "x", "integer": sub.get("minimum", 0), "number": sub.get("minimum", 0.0), "boolean": False,
             "null": None}.get(kind, "x")
+
+
+class OutOfMemoryError(RuntimeError):
+    """Named like torch.OutOfMemoryError: the runtime recognises it by name, without torch."""
+
+
+def fail_first_calls(monkeypatch, pipeline_class, failures: int, record) -> list:
+    """Patch `pipeline_class.__call__` so its first `failures` calls raise an OOM; `record(kwargs)` of every call
+    is collected in the returned list (what the ladder tried)."""
+    original = pipeline_class.__call__
+    seen: list = []
+
+    def call(self, *args, **kwargs):
+        seen.append(record(kwargs))
+        if len(seen) <= failures:
+            raise OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline_class, "__call__", call)
+    return seen
+
+
+class ServeSession:
+    """One `--serve` worker process: send a run request, read its one answer line."""
+
+    def __init__(self, argv: list[str]):
+        self.proc = subprocess.Popen([*argv, "--serve"], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL)
+        assert json.loads(self.proc.stdout.readline())["event"] == "ready"
+
+    def run(self, request_id: str, args: dict) -> dict:
+        self.proc.stdin.write(json.dumps({"id": request_id, "args": args}).encode() + b"\n")
+        self.proc.stdin.flush()
+        answer = json.loads(self.proc.stdout.readline())
+        assert answer["id"] == request_id
+        return answer
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from workers.runtime import InvalidInput, ModelUnavailable
+from workers.runtime import ModelUnavailable
 from workers.runtime.models import resolve_model_dir
 
 from .contract import Args
@@ -25,21 +25,6 @@ class LtxModel:
 
     def pipes(self) -> tuple[Any, Any]:
         return self.text_to_video, self.image_to_video
-
-
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device == "cpu":
-        return "cpu"
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if device == "auto":
-        return "cuda:0" if count else "cpu"
-    index = int(device.split(":", 1)[1]) if ":" in device else 0
-    if index >= count:
-        raise InvalidInput.for_field("device", f"device {device!r} requested but torch sees {count} CUDA device(s); "
-                                     "use 'auto' or 'cpu'", type_="device", detail="no such CUDA device")
-    return f"cuda:{index}"
 
 
 def resolve_dtype(dtype: str, device: str) -> str:

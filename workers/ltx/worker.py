@@ -14,7 +14,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from workers.runtime import FieldErrors, InvalidInput, JobContext, Worker, input_file
-from workers.runtime.devices import cuda_devices
+from workers.runtime.devices import cuda_devices, torch_device
 from workers.runtime.imaging import fit
 from workers.runtime.oom_ladder import MemoryLadder
 
@@ -94,7 +94,7 @@ class LtxWorker(Worker[Args, Result]):
     # --- load ------------------------------------------------------------------------------------------------
     def load(self, args: Args, ctx: JobContext) -> pipeline.LtxModel:
         directory = pipeline.model_dir(args)  # before torch: a missing model fails fast
-        device = pipeline.resolve_device(args.device)
+        device = torch_device(args.device)
         if args.offload != "none" and not device.startswith("cuda"):
             raise InvalidInput.for_field("offload", f"offload {args.offload!r} needs a CUDA device; use 'none' on "
                                          "the CPU", type_="offload")

@@ -59,3 +59,23 @@ def cuda_devices() -> list[str]:
     if physical is None:
         physical = _nvidia_smi_count()
     return [f"cuda:{i}" for i in range(_visible(physical, os.environ.get("CUDA_VISIBLE_DEVICES")))]
+
+
+def torch_device(requested: str) -> str:
+    """`auto`/`cpu`/`cuda`/`cuda:N` -> the torch device a model will use (imports torch: call it at load time).
+
+    A CUDA device that does not exist is `invalid_input` on `$.device`."""
+    import torch
+
+    from .errors import InvalidInput
+
+    if requested == "cpu":
+        return "cpu"
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if requested == "auto":
+        return "cuda:0" if count else "cpu"
+    index = int(requested.split(":", 1)[1]) if ":" in requested else 0
+    if index >= count:
+        raise InvalidInput.for_field("device", f"device {requested!r} requested but torch sees {count} CUDA "
+                                     "device(s); use 'auto' or 'cpu'", type_="device", detail="no such CUDA device")
+    return f"cuda:{index}"

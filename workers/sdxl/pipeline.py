@@ -40,21 +40,6 @@ class SdxlModel:
     offload: str = "none"  # what the loaded pipelines do now: the ladder may have turned offload on for good
 
 
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device == "cpu":
-        return "cpu"
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if device == "auto":
-        return "cuda:0" if count else "cpu"
-    index = int(device.split(":", 1)[1]) if ":" in device else 0
-    if index >= count:
-        raise InvalidInput.for_field("device", f"device {device!r} requested but torch sees {count} CUDA device(s); "
-                                     "use 'auto' or 'cpu'", type_="device", detail="no such CUDA device")
-    return f"cuda:{index}"
-
-
 def resolve_dtype(dtype: str, device: str) -> str:
     if dtype == "auto":
         return "float16" if device.startswith("cuda") else "float32"

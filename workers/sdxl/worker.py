@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from workers.runtime import FieldErrors, InvalidInput, JobContext, Worker, check_allowed
-from workers.runtime.devices import cuda_devices
+from workers.runtime.devices import cuda_devices, torch_device
 from workers.runtime.imaging import fit
 from workers.runtime.oom_ladder import MemoryLadder
 
@@ -110,7 +110,7 @@ class SdxlWorker(Worker[Args, Result]):
     # --- load ------------------------------------------------------------------------------------------------
     def load(self, args: Args, ctx: JobContext) -> pipeline.SdxlModel:
         base_dir, refiner_dir = pipeline.model_dirs(args)  # before torch: a missing model fails fast
-        device = pipeline.resolve_device(args.device)
+        device = torch_device(args.device)
         if args.offload != "none" and not device.startswith("cuda"):
             raise InvalidInput.for_field("offload", f"offload {args.offload!r} needs a CUDA device; use 'none' on "
                                          "the CPU", type_="offload")
