@@ -11,10 +11,10 @@ from hypothesis import strategies as st
 
 from workers.contract import ErrorKind, check_file_name
 from workers.runtime.cache import ModelCache
-from workers.runtime.engine import json_path
 from workers.runtime.errors import InvalidInput, ResourceExhausted, classify_exception
 from workers.runtime.outputs import OutputStage
 from workers.runtime.paths import contained
+from workers.runtime.validation import json_path
 
 
 def test_json_path_from_pydantic_locations():

@@ -10,7 +10,18 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from workers.contract import ARGS_CONFIG, ERROR_MESSAGE_KEY, ModelArgs, exact, file_name_field, rule, schema_rules
+from workers.contract import ARGS_CONFIG, ERROR_MESSAGE_KEY, ModelArgs, file_name_field, rule, schema_rules
+from workers.contract.common import TRIMMED_TEXT_PATTERN
+from workers.contract.generation import (
+    DEVICE_PATTERN,
+    MAX_SEED,
+    NOT_BLANK,
+    SIZE_AND_OFFLOAD_RULES,
+    Dtype,
+    Fit,
+    Offload,
+    check_size_and_offload,
+)
 
 #: Aspect ratios -> generation size, multiples of 32 inside LTX's good range (short side <= 720, long <= 1280).
 #: 9:16 and 16:9 are LTX-Video 0.9.6's own default size (1216x704).
@@ -21,14 +32,7 @@ ASPECT_SIZES: dict[str, tuple[int, int]] = {
 #: Without width/height or aspect: a vertical clip.
 DEFAULT_ASPECT = "9:16"
 Aspect = Literal[tuple(ASPECT_SIZES)]  # type: ignore[valid-type]
-Dtype = Literal["auto", "float32", "float16", "bfloat16"]
-Offload = Literal["none", "model", "sequential"]
-Fit = Literal["cover", "contain", "stretch"]
 Preset = Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"]
-DEVICE_PATTERN = exact(r"auto|cpu|cuda(?::[0-9]{1,2})?")
-#: Contains something other than whitespace (search semantics, the same in Python and ECMA-262).
-NOT_BLANK = r"[^ \t\n\r\f\v]"
-MAX_SEED = 2**32 - 1
 #: Generation side bounds (pixels), multiples of 32 as LTX requires; the tiny test model runs at 32.
 MIN_SIDE, MAX_SIDE = 32, 1280
 #: Hard bound on frames; LTX is best below 257 (8 * 32 + 1), the worker warns above it.
@@ -51,18 +55,10 @@ class DeliverySize(BaseModel):
     fit: Fit = Field(default="cover", description=FIT_HELP)
 
 
-_NOT_WITH_ASPECT = {"type": "null", ERROR_MESSAGE_KEY: "give either `aspect` or `width`/`height`, not both"}
 _NOT_WITH_FRAMES = {"type": "null", ERROR_MESSAGE_KEY: "give either `num_frames` or `duration_s`, not both"}
-_RULES = schema_rules(
-    rule({"aspect": {"type": "string"}}, {"width": _NOT_WITH_ASPECT, "height": _NOT_WITH_ASPECT}),
-    rule({"width": {"type": "integer"}}, {"height": {"type": "integer"}}, require=["height"],
-         message="set `height` together with `width`"),
-    rule({"height": {"type": "integer"}}, {"width": {"type": "integer"}}, require=["width"],
-         message="set `width` together with `height`"),
-    rule({"num_frames": {"type": "integer"}}, {"duration_s": _NOT_WITH_FRAMES}),
-    rule({"device": {"const": "cpu"}},
-         {"offload": {"const": "none", ERROR_MESSAGE_KEY: "offload needs an accelerator; use 'none' on device 'cpu'"}}),
-)
+_SIZE_RULES, _OFFLOAD_RULE = SIZE_AND_OFFLOAD_RULES[:3], SIZE_AND_OFFLOAD_RULES[3]
+_RULES = schema_rules(*_SIZE_RULES, rule({"num_frames": {"type": "integer"}}, {"duration_s": _NOT_WITH_FRAMES}),
+                      _OFFLOAD_RULE)
 
 
 class Args(ModelArgs):
@@ -83,7 +79,7 @@ class Args(ModelArgs):
                                    "(LTXImageToVideoPipeline), absent -> text-to-video (LTXPipeline).")
     fit: Fit = Field(default="cover", description="How `image_path` is fitted to the generation size. " + FIT_HELP)
     model: str = Field(
-        pattern=exact(r"[^\x00-\x20](?:[^\x00-\x1f]*[^\x00-\x20])?"),
+        pattern=TRIMMED_TEXT_PATTERN,
         description="A local diffusers LTX-Video directory or a hub id in the local cache (`Lightricks/LTX-Video`). "
         "No default: choose the checkpoint on purpose.",
         json_schema_extra={ERROR_MESSAGE_KEY: "must be a model directory or hub id without control characters or "
@@ -125,14 +121,9 @@ class Args(ModelArgs):
 
     @model_validator(mode="after")
     def _combinations(self) -> Args:
-        if self.aspect is not None and (self.width is not None or self.height is not None):
-            raise ValueError("give either `aspect` or `width`/`height`, not both")
-        if (self.width is None) != (self.height is None):
-            raise ValueError("set `width` and `height` together")
         if self.num_frames is not None and self.duration_s is not None:
             raise ValueError("give either `num_frames` or `duration_s`, not both")
-        if self.device == "cpu" and self.offload != "none":
-            raise ValueError("offload needs an accelerator; use 'none' on device 'cpu'")
+        check_size_and_offload(self)
         return self
 
 

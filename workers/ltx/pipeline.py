@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from workers.runtime import ModelUnavailable
-from workers.runtime.models import resolve_model_dir
+from workers.runtime.models import resolve_diffusers_dir
 
 from .contract import Args
 
@@ -27,20 +27,10 @@ class LtxModel:
         return self.text_to_video, self.image_to_video
 
 
-def resolve_dtype(dtype: str, device: str) -> str:
-    if dtype == "auto":  # LTX's transformer is trained in bf16; fp16 overflows more easily
-        return "bfloat16" if device.startswith("cuda") else "float32"
-    return dtype
-
-
 def model_dir(args: Args) -> Path:
     """The checkpoint directory, or ModelUnavailable saying how to get it (no torch needed)."""
-    path = resolve_model_dir(args.model, allow_download=args.allow_download, field="model")
-    if not (path / "model_index.json").is_file():
-        raise ModelUnavailable(f"model {args.model!r} ({path}) is not a diffusers pipeline directory (no "
-                               "model_index.json); pass a directory saved with save_pretrained or a hub id of a "
-                               "diffusers LTX-Video checkpoint (Lightricks/LTX-Video)", details={"model": args.model})
-    return path
+    return resolve_diffusers_dir(args.model, allow_download=args.allow_download, field="model",
+                                 checkpoint="LTX-Video checkpoint (Lightricks/LTX-Video)")
 
 
 def load(args: Args, device: str, dtype_name: str, directory: Path) -> LtxModel:

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from workers.runtime import FieldErrors, InvalidInput, JobContext, Worker, input_file
-from workers.runtime.devices import cuda_devices, torch_device
+from workers.runtime.devices import dtype_name, offload_problem, torch_device
 from workers.runtime.imaging import fit
 from workers.runtime.oom_ladder import MemoryLadder
 
@@ -83,9 +83,9 @@ class LtxWorker(Worker[Args, Result]):
             reason = image_problem(resolved) if resolved is not None else None
             if reason:
                 problems.add("$.image_path", f"image_path {args.image_path!r} {reason}", "bad_file")
-        if args.offload != "none" and not cuda_devices():
-            problems.add("$.offload", f"offload {args.offload!r} needs a CUDA device and none is visible; use 'none'",
-                         "offload")
+        offload = offload_problem(args.offload)
+        if offload:
+            problems.add("$.offload", offload, "offload")
         problems.raise_if_any(f"invalid input for worker '{self.name}'")
 
     def model_key(self, args: Args) -> str:
@@ -95,10 +95,10 @@ class LtxWorker(Worker[Args, Result]):
     def load(self, args: Args, ctx: JobContext) -> pipeline.LtxModel:
         directory = pipeline.model_dir(args)  # before torch: a missing model fails fast
         device = torch_device(args.device)
-        if args.offload != "none" and not device.startswith("cuda"):
-            raise InvalidInput.for_field("offload", f"offload {args.offload!r} needs a CUDA device; use 'none' on "
-                                         "the CPU", type_="offload")
-        dtype = pipeline.resolve_dtype(args.dtype, device)
+        offload = offload_problem(args.offload, device)
+        if offload:
+            raise InvalidInput.for_field("offload", offload, type_="offload")
+        dtype = dtype_name(args.dtype, device, cuda_default="bfloat16")  # LTX's transformer is trained in bf16; fp16 overflows more easily
         ctx.progress(0.0, "loading model", model=args.model, device=device, dtype=dtype)
         return pipeline.load(args, device, dtype, directory)
 

@@ -13,7 +13,6 @@ from .errors import (
     WorkerError,
     classify_exception,
     is_out_of_memory,
-    require_module,
 )
 from .paths import check_allowed, input_file
 from .worker import Worker
@@ -34,6 +33,5 @@ __all__ = [
     "input_file",
     "is_out_of_memory",
     "main",
-    "require_module",
     "run_worker",
 ]

@@ -79,3 +79,20 @@ def torch_device(requested: str) -> str:
         raise InvalidInput.for_field("device", f"device {requested!r} requested but torch sees {count} CUDA "
                                      "device(s); use 'auto' or 'cpu'", type_="device", detail="no such CUDA device")
     return f"cuda:{index}"
+
+
+def offload_problem(offload: str, device: str | None = None) -> str | None:
+    """Why CPU offload cannot be used, or None. Before load (`device` None) it asks the driver without torch;
+    at load it looks at the device the model resolved to."""
+    if offload == "none":
+        return None
+    if device is None:
+        return None if cuda_devices() else f"offload {offload!r} needs a CUDA device and none is visible; use 'none'"
+    return None if device.startswith("cuda") else f"offload {offload!r} needs a CUDA device; use 'none' on the CPU"
+
+
+def dtype_name(requested: str, device: str, cuda_default: str) -> str:
+    """`auto` -> `cuda_default` on CUDA, float32 on the CPU; anything else as requested."""
+    if requested == "auto":
+        return cuda_default if device.startswith("cuda") else "float32"
+    return requested

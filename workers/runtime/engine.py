@@ -17,11 +17,8 @@ from .metrics import peak_rss_mb, peak_vram_mb, reset_peak_vram
 from .outputs import OutputStage
 from .paths import check_output_dir
 from .signals import GATE
-from .validation import field_error, json_path, pydantic_field_errors, validate_document
+from .validation import validate_document
 from .worker import Worker
-
-#: Kept for callers of the old names.
-field_errors = pydantic_field_errors
 
 
 def validate_args(worker: Worker, raw: Any) -> Any:
@@ -120,5 +117,4 @@ def execute(worker: Worker, raw: Any, cache: ModelCache, request_id: str | int |
             stage.discard()
 
 
-__all__ = ["ErrorKind", "check_job_inputs", "execute", "failure_envelope", "field_error", "field_errors",
-           "json_path", "validate_args"]
+__all__ = ["ErrorKind", "check_job_inputs", "execute", "failure_envelope", "validate_args"]

@@ -177,20 +177,11 @@ class FieldErrors:
     def raise_if_any(self, what: str = "invalid input") -> None:
         if not self.items:
             return
-        if len(self.messages) == 1:
-            message = self.messages[0]
-        else:
-            more = f" (and {len(self.messages) - 5} more)" if len(self.messages) > 5 else ""
-            message = f"{what}: " + "; ".join(self.messages[:5]) + more
+        message = self.messages[0] if len(self.messages) == 1 else f"{what}: {joined(self.messages)}"
         raise InvalidInput(message, details={"field_errors": self.items})
 
 
-def require_module(module: str, extra: str) -> None:
-    """Fail with an actionable message when a worker's optional dependency is missing."""
-    import importlib.util
-
-    if importlib.util.find_spec(module) is None:
-        raise ModelUnavailable(
-            f"Python package '{module}' is not installed; install the worker's extra: pip install 'storybridge[{extra}]'",
-            details={"missing_module": module, "extra": extra},
-        )
+def joined(lines: list[str], shown: int = 5) -> str:
+    """The first `shown` problems of a list, `; `-separated, with how many more there are."""
+    more = f" (and {len(lines) - shown} more)" if len(lines) > shown else ""
+    return "; ".join(lines[:shown]) + more

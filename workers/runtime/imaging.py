@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
-Fit = Literal["cover", "contain", "stretch"]
+from workers.contract.generation import Fit
 
 
 def fit(image, size, fit_mode: Fit | None = None):

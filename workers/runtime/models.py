@@ -49,3 +49,14 @@ def resolve_model_dir(value: str, *, allow_download: bool = False, revision: str
             f"{field} {value!r} is not in the local Hugging Face cache ({cache_dir or HF_HUB_CACHE}): {how}",
             details={"model": value, "cache_dir": str(cache_dir or HF_HUB_CACHE), "cause": f"{type(exc).__name__}: {exc}"},
         ) from None
+
+
+def resolve_diffusers_dir(value: str, *, allow_download: bool, field: str, checkpoint: str) -> Path:
+    """A diffusers pipeline directory (it has `model_index.json`), or ModelUnavailable saying what to pass;
+    `checkpoint` names the kind expected, e.g. "SDXL checkpoint". No torch needed."""
+    path = resolve_model_dir(value, allow_download=allow_download, field=field)
+    if not (path / "model_index.json").is_file():
+        raise ModelUnavailable(f"{field} {value!r} ({path}) is not a diffusers pipeline directory (no model_index.json); "
+                               f"pass a directory saved with save_pretrained or a hub id of a diffusers {checkpoint}",
+                               details={"model": value})
+    return path

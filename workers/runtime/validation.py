@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from workers.contract import ERROR_MESSAGE_KEY
 
-from .errors import InvalidInput
+from .errors import InvalidInput, joined
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -178,9 +178,8 @@ def validate_document(model: type[BaseModel], document: Any, worker_name: str) -
 
 
 def invalid_args(worker_name: str, errors: list[dict[str, str]], what: str = "invalid args") -> InvalidInput:
-    summary = "; ".join(f"{e['path']}: {e['message']}" for e in errors[:5])
-    more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
-    return InvalidInput(f"{what} for worker '{worker_name}': {summary}{more}", details={"field_errors": errors})
+    summary = joined([f"{e['path']}: {e['message']}" for e in errors])
+    return InvalidInput(f"{what} for worker '{worker_name}': {summary}", details={"field_errors": errors})
 
 
 def _json_type(value: Any) -> str:

@@ -10,7 +10,18 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from workers.contract import ARGS_CONFIG, ERROR_MESSAGE_KEY, ModelArgs, exact, file_name_field, rule, schema_rules
+from workers.contract import ARGS_CONFIG, ERROR_MESSAGE_KEY, ModelArgs, exact, file_name_field, schema_rules
+from workers.contract.common import TRIMMED_TEXT_PATTERN
+from workers.contract.generation import (
+    DEVICE_PATTERN,
+    MAX_SEED,
+    NOT_BLANK,
+    SIZE_AND_OFFLOAD_RULES,
+    Dtype,
+    Fit,
+    Offload,
+    check_size_and_offload,
+)
 
 Scheduler = Literal["euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "ddim"]
 #: Aspect ratios, mapped to SDXL's ~1 MP training buckets (W x H at the model's native 1024).
@@ -20,15 +31,8 @@ ASPECT_BUCKETS: dict[str, tuple[int, int]] = {
     "21:9": (1536, 640),
 }
 Aspect = Literal[tuple(ASPECT_BUCKETS)]  # type: ignore[valid-type]
-Dtype = Literal["auto", "float32", "float16", "bfloat16"]
-Offload = Literal["none", "model", "sequential"]
 ImageFormat = Literal["png", "webp", "jpeg"]
-Fit = Literal["cover", "contain", "stretch"]
-DEVICE_PATTERN = exact(r"auto|cpu|cuda(?::[0-9]{1,2})?")
-#: Contains something other than whitespace (search semantics, the same in Python and ECMA-262).
-NOT_BLANK = r"[^ \t\n\r\f\v]"
 SAFETENSORS_PATH = exact(r"[^\x00-\x1f]*\.safetensors")
-MAX_SEED = 2**32 - 1
 #: Image side bounds (pixels). SDXL itself is best at ~1 MP; the tiny test model at 64.
 MIN_SIDE, MAX_SIDE = 16, 4096
 
@@ -82,21 +86,12 @@ class Refiner(BaseModel):
 
     model_config = ARGS_CONFIG
 
-    model: str = Field(pattern=exact(r"[^\x00-\x20](?:[^\x00-\x1f]*[^\x00-\x20])?"),
+    model: str = Field(pattern=TRIMMED_TEXT_PATTERN,
                        description="Refiner directory or cached hub id (`stabilityai/stable-diffusion-xl-refiner-1.0`).")
     high_noise_frac: float = Field(default=0.8, gt=0.0, lt=1.0)
 
 
-_NOT_WITH_ASPECT = {"type": "null", ERROR_MESSAGE_KEY: "give either `aspect` or `width`/`height`, not both"}
-_RULES = schema_rules(
-    rule({"aspect": {"type": "string"}}, {"width": _NOT_WITH_ASPECT, "height": _NOT_WITH_ASPECT}),
-    rule({"width": {"type": "integer"}}, {"height": {"type": "integer"}}, require=["height"],
-         message="set `height` together with `width`"),
-    rule({"height": {"type": "integer"}}, {"width": {"type": "integer"}}, require=["width"],
-         message="set `width` together with `height`"),
-    rule({"device": {"const": "cpu"}},
-         {"offload": {"const": "none", ERROR_MESSAGE_KEY: "offload needs an accelerator; use 'none' on device 'cpu'"}}),
-)
+_RULES = schema_rules(*SIZE_AND_OFFLOAD_RULES)
 
 
 class Args(ModelArgs):
@@ -114,7 +109,7 @@ class Args(ModelArgs):
         min_length=1, max_length=256,
         description="The keyframes: items `{prompt, negative_prompt?, seed?, name?}`, or plain prompt strings.")
     model: str = Field(
-        pattern=exact(r"[^\x00-\x20](?:[^\x00-\x1f]*[^\x00-\x20])?"),
+        pattern=TRIMMED_TEXT_PATTERN,
         description="A local diffusers SDXL directory or a hub id in the local cache "
         "(`stabilityai/stable-diffusion-xl-base-1.0`). No default: choose the checkpoint on purpose.",
         json_schema_extra={ERROR_MESSAGE_KEY: "must be a model directory or hub id without control characters or "
@@ -151,12 +146,7 @@ class Args(ModelArgs):
 
     @model_validator(mode="after")
     def _combinations(self) -> Args:
-        if self.aspect is not None and (self.width is not None or self.height is not None):
-            raise ValueError("give either `aspect` or `width`/`height`, not both")
-        if (self.width is None) != (self.height is None):
-            raise ValueError("set `width` and `height` together")
-        if self.device == "cpu" and self.offload != "none":
-            raise ValueError("offload needs an accelerator; use 'none' on device 'cpu'")
+        check_size_and_offload(self)
         return self
 
     def items(self) -> list[PromptItem]:

@@ -15,7 +15,7 @@ from typing import Any
 
 from workers.runtime import InvalidInput, ModelUnavailable, is_out_of_memory
 from workers.runtime.events import emit
-from workers.runtime.models import resolve_model_dir
+from workers.runtime.models import resolve_diffusers_dir
 
 from .contract import Args, Lora
 
@@ -40,25 +40,13 @@ class SdxlModel:
     offload: str = "none"  # what the loaded pipelines do now: the ladder may have turned offload on for good
 
 
-def resolve_dtype(dtype: str, device: str) -> str:
-    if dtype == "auto":
-        return "float16" if device.startswith("cuda") else "float32"
-    return dtype
-
-
 def model_dirs(args: Args) -> tuple[Path, Path | None]:
     """The base and refiner directories, or ModelUnavailable saying how to get them (no torch needed)."""
-    refiner = _model_dir(args.refiner.model, args.allow_download, "refiner.model") if args.refiner else None
-    return _model_dir(args.model, args.allow_download, "model"), refiner
+    def find(value: str, field: str) -> Path:
+        return resolve_diffusers_dir(value, allow_download=args.allow_download, field=field,
+                                     checkpoint="SDXL checkpoint")
 
-
-def _model_dir(value: str, allow_download: bool, field: str) -> Path:
-    path = resolve_model_dir(value, allow_download=allow_download, field=field)
-    if not (path / "model_index.json").is_file():
-        raise ModelUnavailable(f"{field} {value!r} ({path}) is not a diffusers pipeline directory (no model_index.json); "
-                               "pass a directory saved with save_pretrained or a hub id of a diffusers SDXL checkpoint",
-                               details={"model": value})
-    return path
+    return find(args.model, "model"), find(args.refiner.model, "refiner.model") if args.refiner else None
 
 
 def load(args: Args, device: str, dtype_name: str, base_dir: Path, refiner_dir: Path | None) -> SdxlModel:

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from workers.runtime import FieldErrors, InvalidInput, JobContext, Worker, check_allowed
-from workers.runtime.devices import cuda_devices, torch_device
+from workers.runtime import FieldErrors, InvalidInput, JobContext, Worker, input_file
+from workers.runtime.devices import dtype_name, offload_problem, torch_device
 from workers.runtime.imaging import fit
 from workers.runtime.oom_ladder import MemoryLadder
 
@@ -92,15 +92,13 @@ class SdxlWorker(Worker[Args, Result]):
                              "duplicate_name")
             seen.setdefault(name, index)
         for index, lora in enumerate(args.loras):
-            resolved = problems.attempt(check_allowed, lora.path, f"loras[{index}].path")
-            if resolved is None:
-                continue
-            reason = "does not exist" if not resolved.is_file() else check_safetensors(resolved)
+            resolved = problems.attempt(input_file, lora.path, f"loras[{index}].path")  # exists, readable, under roots
+            reason = check_safetensors(resolved) if resolved is not None else None
             if reason:
                 problems.add(f"$.loras[{index}].path", f"LoRA {lora.path!r} {reason}", "bad_file")
-        if args.offload != "none" and not cuda_devices():
-            problems.add("$.offload", f"offload {args.offload!r} needs a CUDA device and none is visible; use 'none'",
-                         "offload")
+        offload = offload_problem(args.offload)
+        if offload:
+            problems.add("$.offload", offload, "offload")
         problems.raise_if_any(f"invalid input for worker '{self.name}'")
 
     def model_key(self, args: Args) -> str:
@@ -111,10 +109,10 @@ class SdxlWorker(Worker[Args, Result]):
     def load(self, args: Args, ctx: JobContext) -> pipeline.SdxlModel:
         base_dir, refiner_dir = pipeline.model_dirs(args)  # before torch: a missing model fails fast
         device = torch_device(args.device)
-        if args.offload != "none" and not device.startswith("cuda"):
-            raise InvalidInput.for_field("offload", f"offload {args.offload!r} needs a CUDA device; use 'none' on "
-                                         "the CPU", type_="offload")
-        dtype = pipeline.resolve_dtype(args.dtype, device)
+        offload = offload_problem(args.offload, device)
+        if offload:
+            raise InvalidInput.for_field("offload", offload, type_="offload")
+        dtype = dtype_name(args.dtype, device, cuda_default="float16")
         ctx.progress(0.0, "loading model", model=args.model, device=device, dtype=dtype)
         return pipeline.load(args, device, dtype, base_dir, refiner_dir)
 

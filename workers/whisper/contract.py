@@ -9,7 +9,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from workers.contract import ERROR_MESSAGE_KEY, ModelArgs, exact, file_name_field, rule, schema_rules
+from workers.contract import ERROR_MESSAGE_KEY, ModelArgs, file_name_field, rule, schema_rules
+from workers.contract.generation import DEVICE_PATTERN
 
 #: Whisper's language codes (faster_whisper.tokenizer._LANGUAGE_CODES, copied so validation needs no import).
 LANGUAGE_CODES: frozenset[str] = frozenset(
@@ -28,7 +29,6 @@ CPU_UNSUPPORTED_COMPUTE_TYPES: frozenset[str] = frozenset({"float16", "bfloat16"
 #: `auto` or a Whisper language code; a closed set, so hosts see it in the schema.
 Language = Literal[("auto", *sorted(LANGUAGE_CODES))]  # type: ignore[valid-type]
 SubtitleFormat = Literal["json", "srt", "vtt", "txt"]
-DEVICE_PATTERN = exact(r"auto|cpu|cuda(?::[0-9]{1,2})?")
 
 _CPU_COMPUTE_MESSAGE = ("needs a CUDA device; on device 'cpu' use 'auto', 'int8', 'int8_float32', 'int16' or "
                         "'float32'")
