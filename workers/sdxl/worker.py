@@ -41,11 +41,16 @@ class Job:
     seed_drawn: bool
 
 
+def output_name(item: PromptItem, index: int) -> str:
+    """The item's file stem: its own name, else `keyframe_NN` (1-based)."""
+    return item.name or f"keyframe_{index + 1:02d}"
+
+
 def plan(args: Args) -> list[Job]:
     jobs = []
     for index, item in enumerate(args.items()):
         seed_drawn = item.seed is None
-        jobs.append(Job(index=index, name=item.name or f"keyframe_{index + 1:02d}", prompt=item.prompt,
+        jobs.append(Job(index=index, name=output_name(item, index), prompt=item.prompt,
                         negative_prompt=item.negative_prompt if item.negative_prompt is not None else args.negative_prompt,
                         seed=secrets.randbelow(MAX_SEED + 1) if seed_drawn else item.seed, seed_drawn=seed_drawn))
     return jobs
@@ -85,7 +90,7 @@ class SdxlWorker(Worker[Args, Result]):
         problems = FieldErrors()
         seen: dict[str, int] = {}
         for index, item in enumerate(args.items()):
-            name = item.name or f"keyframe_{index + 1:02d}"
+            name = output_name(item, index)
             if name in seen:
                 problems.add(f"$.prompts[{index}]" + (".name" if isinstance(args.prompts[index], PromptItem) else ""),
                              f"output name {name!r} is also used by prompts[{seen[name]}]; names must be unique",
