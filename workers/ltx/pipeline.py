@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from workers.runtime import ModelUnavailable
-from workers.runtime.models import resolve_diffusers_dir
+from workers.runtime.models import diffusers_progress_bars_off, resolve_diffusers_dir
 
 from .contract import Args
 
@@ -36,6 +36,8 @@ def model_dir(args: Args) -> Path:
 def load(args: Args, device: str, dtype_name: str, directory: Path) -> LtxModel:
     import torch
     from diffusers import LTXImageToVideoPipeline, LTXPipeline
+
+    diffusers_progress_bars_off()
 
     try:
         t2v = LTXPipeline.from_pretrained(str(directory), dtype=getattr(torch, dtype_name), use_safetensors=True,

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 from workers.runtime import FieldErrors, InvalidInput, JobContext, Worker, input_file
 from workers.runtime.devices import dtype_name, offload_problem, torch_device
-from workers.runtime.imaging import fit
+from workers.runtime.imaging import fit, image_problem, load_rgb
 from workers.runtime.oom_ladder import MemoryLadder
 
 from . import __version__, pipeline, video
@@ -53,18 +52,6 @@ def make_plan(args: Args, ctx: JobContext) -> Plan:
     seed_drawn = args.seed is None
     seed = secrets.randbelow(MAX_SEED + 1) if seed_drawn else args.seed
     return Plan(width, height, frames, requested, seed, seed_drawn)
-
-
-def image_problem(path: Path) -> str | None:
-    """Why `path` is not a usable first frame, or None. Decodes it fully (Pillow only, no torch)."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            image.convert("RGB").load()
-    except Exception as exc:  # noqa: BLE001 - UnidentifiedImageError, truncated data, decompression bombs
-        return f"does not decode as an image: {str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}"
-    return None
 
 
 class LtxWorker(Worker[Args, Result]):
@@ -136,11 +123,7 @@ def _first_frame(args: Args, plan: Plan):
     """The conditioning image, RGB, fitted to the generation size with `args.fit` (cover-crop by default)."""
     if args.image_path is None:
         return None
-    from PIL import Image
-
-    with Image.open(Path(args.image_path).expanduser()) as image:
-        rgb = image.convert("RGB")
-    return fit(rgb, SimpleNamespace(width=plan.width, height=plan.height), args.fit)
+    return fit(load_rgb(args.image_path), SimpleNamespace(width=plan.width, height=plan.height), args.fit)
 
 
 def _apply_rung(model: pipeline.LtxModel, plan: Plan, rung: str, ctx: JobContext) -> None:

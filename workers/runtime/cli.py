@@ -19,7 +19,7 @@ from .cache import ModelCache
 from .engine import execute, failure_envelope
 from .errors import InvalidInput, ResourceExhausted
 from .events import emit, install_log_handler
-from .stdio import ProtocolStream, dumps, force_utf8
+from .stdio import ProtocolStream, dumps, force_utf8, quiet_progress_bars
 from .worker import Worker
 
 
@@ -112,6 +112,7 @@ def schemas(worker: Worker) -> dict[str, Any]:
 
 def main(worker: Worker, argv: list[str] | None = None) -> int:
     force_utf8()
+    quiet_progress_bars()
     signals.install()
     protocol = ProtocolStream.take_stdout()
     install_log_handler(worker.name)

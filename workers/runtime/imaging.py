@@ -1,6 +1,8 @@
-"""Fitting an image to a delivery size, shared by the image and video workers (Pillow, imported lazily)."""
+"""Image helpers shared by the image, video and vision workers (Pillow, imported lazily; never torch)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from workers.contract.generation import Fit
 
@@ -27,3 +29,28 @@ def fit(image, size, fit_mode: Fit | None = None):
     canvas = Image.new("RGB", target, (0, 0, 0))
     canvas.paste(resized, ((size.width - scaled[0]) // 2, (size.height - scaled[1]) // 2))
     return canvas
+
+
+def image_problem(path: Path) -> str | None:
+    """Why `path` is not a usable image, or None. Decodes it fully (Pillow only, no torch)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.convert("RGB").load()
+    except Exception as exc:  # noqa: BLE001 - UnidentifiedImageError, truncated data, decompression bombs
+        return f"does not decode as an image: {str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}"
+    return None
+
+
+def load_rgb(path: str | Path, max_side: int | None = None):
+    """The image at `path` as RGB; downscaled (Lanczos, aspect kept) so its long side is at most `max_side`."""
+    from PIL import Image
+
+    with Image.open(Path(path).expanduser()) as image:
+        rgb = image.convert("RGB")
+    if max_side is not None and max(rgb.size) > max_side:
+        scale = max_side / max(rgb.size)
+        rgb = rgb.resize((max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale))),
+                         Image.Resampling.LANCZOS)
+    return rgb

@@ -60,3 +60,12 @@ def resolve_diffusers_dir(value: str, *, allow_download: bool, field: str, check
                                f"pass a directory saved with save_pretrained or a hub id of a diffusers {checkpoint}",
                                details={"model": value})
     return path
+
+
+def diffusers_progress_bars_off() -> None:
+    """diffusers' own "Loading pipeline components" bar ignores HF_HUB_DISABLE_PROGRESS_BARS; follow it here
+    (the runtime sets it unless the host did). Call from a loader: it imports diffusers."""
+    if os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS", "").strip().lower() in ("1", "true", "yes", "on"):
+        from diffusers.utils import logging as diffusers_logging
+
+        diffusers_logging.disable_progress_bar()

@@ -22,6 +22,12 @@ def force_utf8() -> None:
                 pass
 
 
+def quiet_progress_bars() -> None:
+    """No tqdm bars from huggingface_hub/transformers ("Loading weights: 43%|...") on stderr: stderr is JSON lines,
+    and the worker reports its own progress events. A host may still opt in by setting the variable."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
 def dumps(obj: Any) -> bytes:
     return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
 

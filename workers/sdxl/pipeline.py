@@ -15,7 +15,7 @@ from typing import Any
 
 from workers.runtime import InvalidInput, ModelUnavailable, is_out_of_memory
 from workers.runtime.events import emit
-from workers.runtime.models import resolve_diffusers_dir
+from workers.runtime.models import diffusers_progress_bars_off, resolve_diffusers_dir
 
 from .contract import Args, Lora
 
@@ -52,6 +52,8 @@ def model_dirs(args: Args) -> tuple[Path, Path | None]:
 def load(args: Args, device: str, dtype_name: str, base_dir: Path, refiner_dir: Path | None) -> SdxlModel:
     import torch
     from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
+
+    diffusers_progress_bars_off()
 
     dtype = getattr(torch, dtype_name)
     common = {"dtype": dtype, "variant": args.variant, "use_safetensors": True,
