@@ -40,3 +40,17 @@ def test_every_schema_is_valid_draft_2020_12_with_a_contract_version():
         jsonschema.Draft202012Validator.check_schema(doc)
         assert doc["$schema"] == "https://json-schema.org/draft/2020-12/schema"
         assert doc["x-contract-version"] == CONTRACT_VERSION
+
+
+def test_every_args_example_is_accepted_by_the_schema_and_the_worker_model():
+    from workers.contract.registry import WORKER_CONTRACT_MODULES, worker_models
+
+    checked = 0
+    for name in WORKER_CONTRACT_MODULES:
+        schema = json.loads((REPO / "schemas" / f"{name}.args.schema.json").read_text("utf-8"))
+        args_model, _ = worker_models(name)
+        for example in schema.get("examples", []):
+            jsonschema.Draft202012Validator(schema).validate(example)
+            args_model.model_validate(example)
+            checked += 1
+    assert checked >= 2  # the vision worker's examples at least

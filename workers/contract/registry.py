@@ -14,6 +14,7 @@ WORKER_CONTRACT_MODULES: dict[str, str] = {
     "whisper": "workers.whisper.contract",
     "sdxl": "workers.sdxl.contract",
     "ltx": "workers.ltx.contract",
+    "vision": "workers.vision.contract",
 }
 
 
