@@ -48,6 +48,9 @@ def clean(opts: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"--older-than: {exc}", file=sys.stderr)
         return EXIT_INVALID
+    if opts.keep_last < 0:
+        print(f"--keep-last: {opts.keep_last} is negative; give 0 or more runs", file=sys.stderr)
+        return EXIT_INVALID
     policy = Policy(keep_last=opts.keep_last, older_than_s=older, include_committed=opts.all)
     root = Path(opts.workdir).absolute()
     try:

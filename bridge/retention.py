@@ -18,7 +18,9 @@ import os
 import re
 import stat
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from . import safefs
@@ -75,7 +77,7 @@ class Removal:
 @dataclass
 class Plan:
     removals: list[Removal] = field(default_factory=list)
-    events_kept: bytes | None = None  # events.jsonl rewritten to these lines (None: left as it is)
+    events_keep: Callable[[bytes], bool] | None = None  # events.jsonl is rewritten to the lines this keeps
     events_freed: int = 0
 
     @property
@@ -85,8 +87,9 @@ class Plan:
 
 def tree_bytes(path: Path) -> int:
     """Bytes of an entry and everything below it, by lstat: a link counts as itself, never as its target."""
-    total = os.lstat(path).st_size
-    if not stat.S_ISDIR(os.lstat(path).st_mode):
+    st = os.lstat(path)
+    total = st.st_size
+    if not stat.S_ISDIR(st.st_mode):
         return total
     for top, dirs, files in os.walk(path, followlinks=False):
         for name in dirs + files:
@@ -126,22 +129,27 @@ class _Planner:
         self.remove_unless(self.wd.attempts, keep, "attempt log (args, stderr) of an older run")
 
     def events(self, kept_runs: set[str]) -> None:
+        """The lines of older runs in events.jsonl (read line by line: the file can be large)."""
         path = self.wd.events
         safefs.refuse_link(path)
         if not path.is_file():
             return
-        data = path.read_bytes()
-        kept = [line for line in data.splitlines(keepends=True) if self._keep_event(line, kept_runs)]
-        joined = b"".join(kept)
-        if len(joined) < len(data):
-            self.plan.events_kept, self.plan.events_freed = joined, len(data) - len(joined)
+        keep = partial(self._keep_event, kept_runs=kept_runs)
+        with path.open("rb") as f:
+            freed = sum(len(line) for line in f if not keep(line))
+        if freed:
+            self.plan.events_keep, self.plan.events_freed = keep, freed
 
-    def _keep_event(self, line: bytes, kept_runs: set[str]) -> bool:
+    def _keep_event(self, line: bytes, *, kept_runs: set[str]) -> bool:
         try:
             event = json.loads(line)
         except ValueError:
             return False  # a line cut short by a killed runner
-        return event.get("run_id") in kept_runs or not self._old_enough(float(event.get("ts", 0)))
+        if not isinstance(event, dict):
+            return False
+        ts = event.get("ts")
+        recent = isinstance(ts, (int, float)) and not self._old_enough(float(ts))
+        return event.get("run_id") in kept_runs or recent
 
 
 def plan_clean(wd: Workdir, state: StateDB, policy: Policy, now: float | None = None) -> Plan:
@@ -166,8 +174,20 @@ def plan_clean(wd: Workdir, state: StateDB, policy: Policy, now: float | None = 
 def apply(wd: Workdir, plan: Plan) -> None:
     for removal in plan.removals:
         safefs.remove_entry(removal.path)  # a link is removed as a link; rmtree never follows one
-    if plan.events_kept is not None:
-        safefs.replace_file(wd.events, plan.events_kept, durable=True)
+    if plan.events_keep is not None:
+        _rewrite_lines(wd.events, plan.events_keep)
+
+
+def _rewrite_lines(path: Path, keep: Callable[[bytes], bool]) -> None:
+    """Replace `path` by the lines `keep` accepts: streamed to a temporary file, fsynced, renamed over it."""
+    tmp = path.with_name(path.name + ".tmp")
+    safefs.remove_entry(tmp)
+    fd = safefs.open_nofollow(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    with os.fdopen(fd, "wb") as out, path.open("rb") as source:
+        out.writelines(line for line in source if keep(line))
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, path)
 
 
 def clean(root: Path, policy: Policy, *, dry_run: bool = False, now: float | None = None) -> Plan:

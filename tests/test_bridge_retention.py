@@ -161,6 +161,7 @@ def test_not_a_workdir_and_bad_age_are_exit_2(tmp_path, capsys):
     assert front.main(["clean", str(tmp_path)]) == 2
     assert "not a storybridge workdir" in capsys.readouterr().err
     assert front.main(["clean", str(tmp_path), "--older-than", "7 days"]) == 2
+    assert front.main(["clean", str(tmp_path), "--keep-last", "-1"]) == 2
 
 
 @pytest.mark.parametrize(("text", "seconds"), [("90s", 90), ("30m", 1800), ("12h", 43200), ("7d", 604800),
