@@ -85,12 +85,15 @@ def _workdir_of(target: str) -> Path | None:
     path = Path(target)
     if path.is_dir():
         return path.absolute()
+    if not path.is_file():
+        print(f"{target}: no such workdir or manifest", file=sys.stderr)
+        return None
     from .manifest import ManifestInvalid, load
 
     try:
         return load(path).workdir
     except ManifestInvalid as exc:
-        print(f"invalid manifest {exc.source}: {len(exc.problems)} problem(s)", file=sys.stderr)
+        print(f"invalid manifest {exc.source}: " + "; ".join(exc.lines()), file=sys.stderr)
         return None
 
 
