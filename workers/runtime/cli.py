@@ -7,6 +7,7 @@ import os
 import platform
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -32,9 +33,16 @@ class _UsageError(Exception):
 class _Parser(argparse.ArgumentParser):
     """argparse that reports usage errors as data and prints `--help` on the protocol stream (the real stdout)."""
 
-    def __init__(self, *args: Any, help_stream: ProtocolStream | None = None, **kwargs: Any):
+    def __init__(self, *args: Any, help_stream: ProtocolStream | None = None,
+                 args_help: Callable[[], str] | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.help_stream = help_stream
+        self.args_help = args_help  # rendered only when help is asked for: a host's one-shot call never pays for it
+
+    def format_help(self) -> str:
+        if self.args_help is not None and self.epilog is None:
+            self.epilog = self.args_help()
+        return super().format_help()
 
     def error(self, message: str) -> NoReturn:  # argparse would print usage and exit 2 without JSON
         raise _UsageError(message)
@@ -51,8 +59,8 @@ def _parser(worker: Worker, help_stream: ProtocolStream | None = None) -> _Parse
     p = _Parser(prog=prog, help_stream=help_stream, formatter_class=argparse.RawDescriptionHelpFormatter,
                 description=f"storybridge {worker.name} worker {worker.version} (contract {CONTRACT_VERSION}). "
                 "Prints exactly one JSON result envelope on stdout; logs and progress go to stderr as JSON lines.",
-                epilog=render_args_help(worker.Args.model_json_schema(mode="validation")) + "\n\nexample:\n  "
-                f"{prog} -i KEY=VALUE -i KEY=VALUE -o OUT_DIR --pretty")
+                args_help=lambda: render_args_help(worker.Args.model_json_schema(mode="validation"))
+                + f"\n\nexample:\n  {prog} -i KEY=VALUE -i KEY=VALUE -o OUT_DIR --pretty")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--input", metavar="ARGS.json", help="args file ('-' reads the args from stdin)")
     mode.add_argument("--serve", action="store_true", help="warm mode: JSON-lines requests on stdin, responses on stdout")
