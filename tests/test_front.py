@@ -112,3 +112,17 @@ def test_tab_completion_offers_commands_options_and_worker_names(tmp_path):
     assert "clean" in complete("storybridge cl", tmp_path)
     assert set(complete("storybridge clean --k", tmp_path)) == {"--keep-last"}
     assert "whisper" in complete("storybridge call wh", tmp_path)
+
+
+def test_the_runner_commands_import_no_workers(tmp_path):
+    """The front door offers `workers` and `call`, but `run`/`validate` stay as light as the runner."""
+    m = write_manifest(tmp_path, fixture_manifest([{"id": "a", "worker": "fixture", "args": {}}]))
+    code = textwrap.dedent(f"""
+        import sys
+        from bridge.front import main
+        assert main(["validate", {str(m)!r}]) == 0
+        print(sorted(n for n in sys.modules if n.split(".")[0] in ("workers", "torch")), file=sys.stderr)
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0 and proc.stderr.strip().splitlines()[-1] == "[]", proc.stderr
