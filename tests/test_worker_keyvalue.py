@@ -7,6 +7,8 @@ import subprocess
 import sys
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis_jsonschema import from_schema
 from worker_process import FIXTURE, NARRATION, WHISPER, paths, run
 
 from workers.contract import EXIT_CODES, ErrorKind
@@ -33,6 +35,7 @@ def test_each_value_is_read_by_the_type_the_schema_gives_its_key():
         "model": "1",  # a string field keeps the text, even when it looks like a number
         "initial_prompt": "null"}  # ... or like null: a nullable string is unset by leaving it out
     assert parsed("whisper", "drop_avg_logprob=-1") == {"drop_avg_logprob": -1}  # an integer is a number too
+    assert parsed("whisper", "beam_size=5.0") == {"beam_size": 5.0}  # ... and 5.0 an integer, as in an args file
     assert parsed("ltx", "seed=null", "fps=30") == {"seed": None, "fps": 30}
 
 
@@ -53,6 +56,7 @@ def test_types_follow_refs_and_unions():
 
 @pytest.mark.parametrize(("text", "types", "why"), [
     ("1.5", {"integer"}, "is number, expected integer"),
+    ("5.5", {"integer", "null"}, "is number, expected integer or null"),
     ("yes", {"boolean"}, "not a JSON boolean"),
     ("1", {"boolean"}, "is integer, expected boolean"),
     ("NaN", {"number"}, "not a JSON number"),
@@ -71,6 +75,33 @@ def test_unknown_repeated_and_malformed_assignments_are_field_errors():
     by_path = {(e["path"], e["type"]) for e in problems.items}
     assert by_path == {("$.modle", "extra_forbidden"), ("$.beam_size", "duplicate"), ("$", "usage")}
     assert "did you mean 'model'" in problems.items[0]["message"]
+
+
+def as_assignments(schema: dict, document: dict) -> tuple[list[str], dict]:
+    """The -i texts a person would type for `document`, and the document they stand for (a nullable string left
+    unset is left out: that is how it is written with -i)."""
+    texts, expected = [], {}
+    for key, value in document.items():
+        string_field = field_types(schema, schema["properties"][key]) - {"null"} == {"string"}
+        if string_field and value is None:
+            continue
+        texts.append(f"{key}={value if string_field else json.dumps(value)}")
+        expected[key] = value
+    return texts, expected
+
+
+@pytest.mark.parametrize("worker", sorted(WORKER_CONTRACT_MODULES))
+def test_any_schema_valid_document_written_as_i_reads_back_the_same(worker):
+    schema = schema_of(worker)
+
+    @settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @given(from_schema(schema))
+    def check(document):
+        texts, expected = as_assignments(schema, document)
+        parsed, problems = parse_assignments(schema, texts)
+        assert not problems.items and parsed == expected
+
+    check()
 
 
 def fixture_result(doc: dict, out_dir: str) -> dict:

@@ -56,6 +56,8 @@ def field_types(schema: dict[str, Any], node: dict[str, Any]) -> set[str]:
 
 def _accepts(value: Any, types: set[str]) -> bool:
     kind = json_type(value)
+    if kind == "number" and value.is_integer():  # JSON Schema: 5.0 is an integer (an args file may say so too)
+        kind = "integer"
     return kind in types or (kind == "integer" and "number" in types)
 
 
