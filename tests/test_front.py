@@ -79,6 +79,14 @@ def test_workers_reports_a_missing_extra(tmp_path, monkeypatch, capsys):
     assert "ghost" in table and "no: missing storybridge_module_that_is_not_installed" in table
 
 
+def test_a_worker_that_does_not_import_is_listed_as_not_installed(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(WORKER_CONTRACT_MODULES, "broken", "storybridge_no_such_package.contract")
+    assert front.main(["workers", "--json"]) == 0
+    listed = {w["name"]: w for w in json.loads(capsys.readouterr().out)}
+    assert listed["broken"]["installed"] is False and listed["broken"]["missing"] == ["storybridge_no_such_package"]
+    assert listed["whisper"]["installed"] is True  # the others are still listed
+
+
 def test_call_is_the_worker_command_line():
     via_call = storybridge("call", "whisper", "-i", "model=tiny.en", "-i", "beam_size=x", "-o", "/tmp/x")
     direct = subprocess.run([sys.executable, "-m", "workers.whisper", "-i", "model=tiny.en", "-i", "beam_size=x",

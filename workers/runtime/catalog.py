@@ -62,6 +62,18 @@ def info(worker: Worker) -> WorkerInfo:
                       extra=worker.extra, requires=list(worker.requires), missing=worker.missing_modules())
 
 
+def _unimportable(name: str, exc: ImportError) -> WorkerInfo:
+    """A registered worker whose module does not even import (a dependency imported at its top is missing)."""
+    return WorkerInfo(name=name, version="?", devices=[], warm=False, extra=None, requires=[],
+                      missing=[exc.name or str(exc)])
+
+
 def catalog(modules: dict[str, str] | None = None) -> list[WorkerInfo]:
     modules = WORKER_CONTRACT_MODULES if modules is None else modules
-    return [info(worker_class(name, modules)()) for name in sorted(modules)]
+    found = []
+    for name in sorted(modules):
+        try:
+            found.append(info(worker_class(name, modules)()))
+        except ImportError as exc:  # one broken worker must not hide the others
+            found.append(_unimportable(name, exc))
+    return found
