@@ -17,9 +17,6 @@ from typing import Any
 
 from . import cli, commands
 
-#: The runner's own commands, taken from bridge.cli's parser (options and defaults included), in this order.
-RUNNER_COMMANDS = ("run", "validate", "schema")
-
 
 def _runner_parsers() -> dict[str, tuple[argparse.ArgumentParser, str | None]]:
     """name -> (parser, one-line help) of bridge.cli's commands, so that their options are defined once."""
@@ -52,32 +49,45 @@ def _add_clean(sub) -> None:
     p.set_defaults(func=commands.clean)
 
 
+def _add_report(sub) -> None:
+    p = sub.add_parser("report", help="the last run's steps and the workdir's disk use")
+    p.add_argument("target", metavar="WORKDIR|MANIFEST")
+    p.add_argument("--json", action="store_true", help="print trace.json and the disk use as one JSON document")
+    p.set_defaults(func=commands.report)
+
+
+def _add_workers(sub) -> None:
+    p = sub.add_parser("workers", help="installed workers: version, devices, warm mode, extra installed")
+    p.add_argument("--json", action="store_true", help="print the list as one JSON document")
+    p.set_defaults(func=commands.workers)
+
+
+def _add_call(sub) -> None:
+    p = sub.add_parser("call", help="run one worker job: storybridge call WORKER -i KEY=VALUE ... -o DIR",
+                       description="Same as `python -m workers.WORKER ARGS...`: one JSON envelope on stdout.")
+    p.add_argument("worker", metavar="WORKER").completer = _worker_names
+    p.add_argument("worker_args", nargs=argparse.REMAINDER, metavar="ARGS",
+                   help="the worker's own arguments (-i KEY=VALUE, -o DIR, --input, --pretty, --help, ...)")
+    p.set_defaults(func=commands.call)
+
+
+#: The front door's own commands; a command of the same name in bridge.cli takes precedence.
+FRONT_COMMANDS = {"report": _add_report, "clean": _add_clean, "workers": _add_workers, "call": _add_call}
+#: How `storybridge --help` lists the commands (any other bridge.cli command follows).
+ORDER = ("run", "validate", "report", "clean", "schema", "workers", "call")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="storybridge", description=__doc__.split("\n\n")[0].strip() + " See "
                                      "`storybridge COMMAND --help`.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     runner = _runner_parsers()
-    for name in RUNNER_COMMANDS:
-        source, one_line = runner[name]
-        sub.add_parser(name, parents=[source], add_help=False, help=one_line, description=source.description)
-
-    report = sub.add_parser("report", help="the last run's steps and the workdir's disk use")
-    report.add_argument("target", metavar="WORKDIR|MANIFEST")
-    report.add_argument("--json", action="store_true", help="print trace.json and the disk use as one JSON document")
-    report.set_defaults(func=commands.report)
-
-    _add_clean(sub)
-
-    workers = sub.add_parser("workers", help="installed workers: version, devices, warm mode, extra installed")
-    workers.add_argument("--json", action="store_true", help="print the list as one JSON document")
-    workers.set_defaults(func=commands.workers)
-
-    call = sub.add_parser("call", help="run one worker job: storybridge call WORKER -i KEY=VALUE ... -o DIR",
-                          description="Same as `python -m workers.WORKER ARGS...`: one JSON envelope on stdout.")
-    call.add_argument("worker", metavar="WORKER").completer = _worker_names
-    call.add_argument("worker_args", nargs=argparse.REMAINDER, metavar="ARGS",
-                      help="the worker's own arguments (-i KEY=VALUE, -o DIR, --input, --pretty, --help, ...)")
-    call.set_defaults(func=commands.call)
+    for name in [*ORDER, *(n for n in runner if n not in ORDER)]:
+        if name in runner:  # every runner command, as bridge.cli defines it
+            source, one_line = runner[name]
+            sub.add_parser(name, parents=[source], add_help=False, help=one_line, description=source.description)
+        elif name in FRONT_COMMANDS:
+            FRONT_COMMANDS[name](sub)
     return parser
 
 

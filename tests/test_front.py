@@ -106,6 +106,7 @@ def test_python_m_bridge_keeps_the_runner_commands(tmp_path):
     assert proc.returncode == 0 and json.loads(proc.stdout)["order"] == ["a"]
     assert storybridge("schema", "--check").returncode == 0
     assert storybridge("run", "--help").stdout.startswith("usage: storybridge run")
+    assert set(front._runner_parsers()) <= set(front.build_parser()._subparsers._group_actions[0].choices)
 
 
 def complete(line: str, tmp_path) -> list[str]:
