@@ -97,7 +97,9 @@ def tree_bytes(path: Path) -> int:
     return total
 
 
-class _Planner:
+class _Sweep:
+    """Collects the removals of one clean, directory by directory."""
+
     def __init__(self, wd: Workdir, state: StateDB, policy: Policy, now: float):
         self.wd, self.state, self.policy = wd, state, policy
         self.cutoff = None if policy.older_than_s is None else now - policy.older_than_s
@@ -154,21 +156,21 @@ class _Planner:
 
 def plan_clean(wd: Workdir, state: StateDB, policy: Policy, now: float | None = None) -> Plan:
     """What `clean` removes, and why; nothing is touched."""
-    planner = _Planner(wd, state, policy, time.time() if now is None else now)
+    sweep = _Sweep(wd, state, policy, time.time() if now is None else now)
     needs = resume_needs(wd, state)
     for directory, why in ((wd.staging, "staging leftover of a killed run"),
                            (wd.trash, "superseded output left in the trash")):
-        planner.remove_unless(directory, frozenset(), why)
+        sweep.remove_unless(directory, frozenset(), why)
     if policy.include_committed:
-        planner.remove_unless(wd.steps, frozenset(), "output (--all)")
-        planner.remove_unless(wd.results, frozenset(), "result file (--all)")
+        sweep.remove_unless(wd.steps, frozenset(), "output (--all)")
+        sweep.remove_unless(wd.results, frozenset(), "result file (--all)")
     else:
-        planner.remove_unless(wd.steps, needs.committed_dirs, "superseded output (no committed record names it)")
-        planner.remove_unless(wd.results, needs.result_files, "result file no record names")
-    kept_runs = planner.kept_runs()
-    planner.attempt_dirs(kept_runs)
-    planner.events(kept_runs)
-    return planner.plan
+        sweep.remove_unless(wd.steps, needs.committed_dirs, "superseded output (no committed record names it)")
+        sweep.remove_unless(wd.results, needs.result_files, "result file no record names")
+    kept_runs = sweep.kept_runs()
+    sweep.attempt_dirs(kept_runs)
+    sweep.events(kept_runs)
+    return sweep.plan
 
 
 def apply(wd: Workdir, plan: Plan) -> None:
