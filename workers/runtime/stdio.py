@@ -28,8 +28,11 @@ def quiet_progress_bars() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
+_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+
+
 def dumps(obj: Any) -> bytes:
-    return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
+    return orjson.dumps(obj, option=_OPTIONS)
 
 
 class ProtocolStream:
@@ -53,9 +56,9 @@ class ProtocolStream:
         sys.stdout = sys.stderr
         return cls(protocol_fd)
 
-    def write_json(self, obj: Any) -> None:
-        """One JSON document on one line, written whole."""
-        self.write_bytes(dumps(obj))
+    def write_json(self, obj: Any, *, pretty: bool = False) -> None:
+        """One JSON document, written whole: on one line, or indented for people (`--pretty`)."""
+        self.write_bytes(orjson.dumps(obj, option=_OPTIONS | orjson.OPT_INDENT_2) if pretty else dumps(obj))
 
     def write_bytes(self, document: bytes) -> None:
         """One rendered document and a newline; SIGTERM/SIGINT wait until the line is out, so it is never cut."""

@@ -1,0 +1,159 @@
+"""The front door's own commands: report, clean, workers, call (run, validate and schema live in bridge.cli).
+
+`workers` and `call` import `workers.runtime` (light: no torch); the runner itself never does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+EXIT_INVALID = 2
+EXIT_LOCKED = 3
+
+
+def format_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left", show_edge=False)
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    Console(file=sys.stdout, width=None if sys.stdout.isatty() else 140, highlight=False).print(table)
+
+
+# --- clean -------------------------------------------------------------------------------------------------
+
+def clean(opts: argparse.Namespace) -> int:
+    from .lock import WorkdirLocked
+    from .retention import NotAWorkdir, Policy, clean, parse_age
+    from .safefs import UnsafePath
+
+    try:
+        older = None if opts.older_than is None else parse_age(opts.older_than)
+    except ValueError as exc:
+        print(f"--older-than: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    if opts.keep_last < 0:
+        print(f"--keep-last: {opts.keep_last} is negative; give 0 or more runs", file=sys.stderr)
+        return EXIT_INVALID
+    policy = Policy(keep_last=opts.keep_last, older_than_s=older, include_committed=opts.all)
+    root = Path(opts.workdir).absolute()
+    try:
+        plan = clean(root, policy, dry_run=opts.dry_run)
+    except WorkdirLocked as exc:
+        print(f"[refused] {exc}", file=sys.stderr)
+        return EXIT_LOCKED
+    except (NotAWorkdir, UnsafePath) as exc:
+        print(f"[unusable workdir] {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    entries = [{"path": str(r.path), "bytes": r.bytes, "why": r.why} for r in plan.removals]
+    if plan.events_freed:
+        entries.append({"path": str(root / "events.jsonl"), "bytes": plan.events_freed,
+                        "why": "events of older runs (the file is trimmed, not removed)"})
+    if opts.json:
+        print(json.dumps({"workdir": str(root), "dry_run": opts.dry_run, "bytes_freed": plan.bytes_freed,
+                          "removed": entries}, ensure_ascii=False))
+        return 0
+    verb = "would free" if opts.dry_run else "freed"
+    for e in entries:
+        print(f"{'would remove' if opts.dry_run else 'removed'}  {format_bytes(e['bytes']):>10}  "
+              f"{Path(e['path']).relative_to(root)}  ({e['why']})")
+    print(f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'}, {verb} {format_bytes(plan.bytes_freed)} "
+          f"({plan.bytes_freed} bytes) in {root}")
+    return 0
+
+
+# --- report ------------------------------------------------------------------------------------------------
+
+def _workdir_of(target: str) -> Path | None:
+    """A workdir as given, or the workdir of a manifest file."""
+    path = Path(target)
+    if path.is_dir():
+        return path.absolute()
+    if not path.is_file():
+        print(f"{target}: no such workdir or manifest", file=sys.stderr)
+        return None
+    from .manifest import ManifestInvalid, load
+
+    try:
+        return load(path).workdir
+    except ManifestInvalid as exc:
+        print(f"invalid manifest {exc.source}: " + "; ".join(exc.lines()), file=sys.stderr)
+        return None
+
+
+def report(opts: argparse.Namespace) -> int:
+    """The last run's trace (`trace.json`) as a table, and where the workdir's bytes are."""
+    root = _workdir_of(opts.target)
+    if root is None:
+        return EXIT_INVALID
+    trace_file = root / "trace.json"
+    if not trace_file.is_file():
+        print(f"no run recorded in {root} (no trace.json)", file=sys.stderr)
+        return EXIT_INVALID
+    doc: dict[str, Any] = json.loads(trace_file.read_text("utf-8"))
+    disk = _disk_use(root)
+    if opts.json:
+        print(json.dumps({**doc, "disk_bytes": disk}, ensure_ascii=False))
+        return 0
+    rows = [[sid, s["status"], str(len(s.get("attempts", []))), f"{s.get('wall_s', 0):.2f}",
+             str((s.get("error") or {}).get("message") or s.get("reason", ""))[:160]]
+            for sid, s in doc.get("steps", {}).items()]
+    _table(f"run {doc.get('run_id')}: {doc.get('status')} (exit {doc.get('exit_code')}, {doc.get('wall_s')} s)",
+           ["step", "status", "attempts", "wall s", "why"], rows)
+    print("disk: " + ", ".join(f"{name} {format_bytes(n)}" for name, n in disk.items())
+          + f"  (storybridge clean {root} --dry-run shows what can go)")
+    return 0
+
+
+def _disk_use(root: Path) -> dict[str, int]:
+    from .retention import tree_bytes
+    from .workdir import Workdir
+
+    wd = Workdir(root)
+    parts = {"outputs": wd.steps, "attempt logs": wd.attempts, "events": wd.events, "state": wd.state_db,
+             "result files": wd.results}
+    return {name: tree_bytes(path) if path.exists() and not path.is_symlink() else 0 for name, path in parts.items()}
+
+
+# --- workers, call -----------------------------------------------------------------------------------------
+
+def workers(opts: argparse.Namespace) -> int:
+    from workers.runtime.catalog import catalog
+
+    found = catalog()
+    if opts.json:
+        print(json.dumps([w.as_dict() for w in found], ensure_ascii=False))
+        return 0
+    rows = [[w.name, w.version, ", ".join(w.devices), "yes (--serve)" if w.warm else "no", w.extra or "-",
+             "yes" if not w.missing else f"no: missing {', '.join(w.missing)} ({w.install_hint})"] for w in found]
+    _table("workers", ["name", "version", "devices", "warm", "extra", "installed"], rows)
+    return 0
+
+
+def call(opts: argparse.Namespace) -> int:
+    """`storybridge call WORKER ARGS...`: exactly `python -m workers.WORKER ARGS...`, in this process."""
+    from workers.runtime.catalog import UnknownWorker, worker_class
+    from workers.runtime.cli import main
+
+    try:
+        worker = worker_class(opts.worker)()
+    except UnknownWorker as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_INVALID
+    return main(worker, opts.worker_args)
