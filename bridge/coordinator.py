@@ -94,6 +94,7 @@ class Coordinator:
         self.executor = make_executor(self.inbox.put)
         self.active: dict[tuple, UnitRun] = {}  # decided to run and not settled: queued, running or backing off
         self.foreach = ForeachSteps(self)
+        self.position = {sid: i for i, sid in enumerate(ctx.m.order)}
 
     # the loop -----------------------------------------------------------------------------------------------
     def run(self, selected: list[str]) -> None:
@@ -115,10 +116,14 @@ class Coordinator:
             if self.ctx.m.steps[sid].foreach:
                 if source in chosen:
                     waits.append(("expand", source))
-                self.scheduler.add(("expand", sid), waits)
+                self.scheduler.add(("expand", sid), waits, self.priority(sid))
             else:
-                self.scheduler.add(("step", sid), waits)
+                self.scheduler.add(("step", sid), waits, self.priority(sid))
         self.foreach.chosen = chosen
+
+    def priority(self, sid: str, item: int = 0) -> tuple[int, int]:
+        """Item first, then manifest order: earlier items flow downstream before later ones start."""
+        return item, self.position[sid]
 
     def _turn(self) -> bool:
         """Decide what is ready, start what fits, apply one message. False once nothing is left to do."""

@@ -56,8 +56,8 @@ class ForeachSteps:
         co.ctx.events.emit("foreach_start", step=sid, items=count, streaming_from=source)
         for i in range(count):
             waits = [("item", source, i)] if source in self.chosen else []
-            co.scheduler.add(("item", sid, i), waits)
-        co.scheduler.add(("step", sid), [("item", sid, i) for i in range(count)])
+            co.scheduler.add(("item", sid, i), waits, co.priority(sid, i))
+        co.scheduler.add(("step", sid), [("item", sid, i) for i in range(count)], co.priority(sid, count))
 
     def _settle_early(self, sid: str, decision) -> None:
         """The step cannot even list its items (an upstream failed, or the list does not resolve)."""

@@ -55,6 +55,9 @@ class RunOptions:
     events_stdout: bool = False
     jobs: int = 1  # the CLI's default is the CPU count
     gpus: list[Gpu] | None = None  # None: detect (NVML, else nvidia-smi)
+    warm: bool = True  # keep --serve workers for workers that advertise it
+    warm_idle_s: float = 60.0
+    quiet: bool = False
 
 
 class Runner:
@@ -121,8 +124,16 @@ class Runner:
         problems = [f"step {s.id}: {why}" for s in self.m.steps.values()
                     if (why := pool.impossible(s.resources, s.fallback))]
         if problems:
-            raise ResourcesImpossible("; ".join(problems))
+            raise ResourcesImpossible(problems)
         return pool
+
+    def resource_problems(self) -> list[str]:
+        """What `validate` reports: the steps this machine can never start, and why."""
+        try:
+            self._slot_pool()
+        except ResourcesImpossible as exc:
+            return exc.problems
+        return []
 
     def _open_state(self) -> None:
         self.state = StateDB(self.wd.state_db, self.wd.results)
@@ -288,6 +299,10 @@ class Runner:
 
 class ResourcesImpossible(Exception):
     """A step asks for more than this machine has (or for a GPU where there is none, without a fallback)."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("; ".join(problems))
+        self.problems = problems
 
 
 def _memory_gb(m: LoadedManifest) -> float | None:

@@ -32,20 +32,27 @@ class Scheduler:
         self._waiting_on: dict[Node, int] = {}
         self._dependants: dict[Node, list[Node]] = {}
         self._done: set[Node] = set()
-        self._ready: deque[Node] = deque()
+        self._priority: dict[Node, tuple] = {}
+        self._ready: list[tuple[tuple, int, Node]] = []  # a heap: lowest priority value first
         self._runnable: deque[_Runnable] = deque()
         self._delayed: list[tuple[float, int, _Runnable]] = []
         self._seq = itertools.count()
 
     # the graph ----------------------------------------------------------------------------------------
-    def add(self, node: Node, waits_for: Iterable[Node]) -> None:
-        """A new node; ready now when everything it waits for is already done."""
+    def add(self, node: Node, waits_for: Iterable[Node], priority: tuple = ()) -> None:
+        """A new node; ready now when everything it waits for is already done. Among ready nodes the lowest
+        `priority` goes first (the coordinator uses (item, manifest position): item 0 flows downstream before
+        item 4 starts upstream, which is what streaming is for)."""
         pending = {d for d in waits_for if d not in self._done}
         self._waiting_on[node] = len(pending)
+        self._priority[node] = priority
         for dep in pending:
             self._dependants.setdefault(dep, []).append(node)
         if not pending:
-            self._ready.append(node)
+            self._push_ready(node)
+
+    def _push_ready(self, node: Node) -> None:
+        heapq.heappush(self._ready, (self._priority.pop(node, ()), next(self._seq), node))
 
     def done(self, node: Node) -> None:
         """`node` is settled (produced a result or not): its dependants may become ready."""
@@ -53,14 +60,14 @@ class Scheduler:
         for after in self._dependants.pop(node, ()):
             self._waiting_on[after] -= 1
             if self._waiting_on[after] == 0:
-                self._ready.append(after)
+                self._push_ready(after)
 
     def is_done(self, node: Node) -> bool:
         return node in self._done
 
     def pop_ready(self) -> Node | None:
         """The next node whose dependencies are all done (to be decided: run, skip, ...)."""
-        return self._ready.popleft() if self._ready else None
+        return heapq.heappop(self._ready)[2] if self._ready else None
 
     # running --------------------------------------------------------------------------------------------
     def enqueue(self, node: Node, resources: Resources | None, now: float) -> None:

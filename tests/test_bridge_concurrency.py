@@ -1,0 +1,155 @@
+"""The runner's throughput features: concurrent steps, GPU slots and VRAM budgets, the state.db migration."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import sys
+from pathlib import Path
+
+import pytest
+from bridge_helpers import REPO, run_runner, schema_dir, trace, write_manifest
+
+from bridge.cli import main
+from bridge.gpus import parse_gpus
+from bridge.runner import EXIT_INVALID, EXIT_OK
+
+POOL = str(REPO / "tests" / "fixtures" / "pool_worker.py")
+
+
+@pytest.fixture
+def schemas(tmp_path: Path) -> Path:
+    return schema_dir(tmp_path)
+
+
+def pool_manifest(steps: list[dict], *, one_shot: bool = True, max_attempts: int = 1, **extra) -> dict:
+    argv = [sys.executable, POOL] + (["--one-shot"] if one_shot else [])
+    return {"version": 1, "name": "t", "workers": {"pool": argv},
+            "defaults": {"retry": {"max_attempts": max_attempts, "backoff_s": [0]}, "kill_grace_s": 1.0},
+            "steps": steps, **extra}
+
+
+def jobs_log(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text("utf-8").splitlines()] if path.exists() else []
+
+
+def overlapping(a: dict, b: dict) -> bool:
+    return a["start"] < b["end"] and b["start"] < a["end"]
+
+
+@pytest.mark.parametrize(("jobs", "overlap"), [(2, True), (1, False)])
+def test_independent_steps_overlap_only_with_free_slots(tmp_path, schemas, jobs, overlap):
+    log = tmp_path / "jobs.log"
+    steps = [{"id": s, "worker": "pool", "args": {"tag": s, "sleep_s": 2, "log_file": str(log)},
+              "ignore_input_files": ["log_file"]} for s in ("a", "b")]
+    code, out, _ = run_runner(write_manifest(tmp_path, pool_manifest(steps)), schemas, jobs=jobs)
+    assert code == EXIT_OK, out
+    a, b = jobs_log(log)
+    assert overlapping(a, b) is overlap
+
+
+def test_gpu_steps_never_share_a_device(tmp_path, schemas):
+    log = tmp_path / "jobs.log"
+    steps = [{"id": f"g{i}", "worker": "pool", "resources": {"gpu": 1},
+              "args": {"tag": i, "sleep_s": 0.8, "log_file": str(log)}, "ignore_input_files": ["log_file"]}
+             for i in range(3)]
+    code, out, runner = run_runner(write_manifest(tmp_path, pool_manifest(steps)), schemas, jobs=3,
+                                   gpus=parse_gpus("0,1"))
+    assert code == EXIT_OK, out
+    done = jobs_log(log)
+    assert sorted(j["cvd"] for j in done) in (["0", "0", "1"], ["0", "1", "1"])
+    for i, a in enumerate(done):
+        for b in done[i + 1:]:
+            assert not (a["cvd"] == b["cvd"] and overlapping(a, b)), (a, b)
+    assert any(overlapping(a, b) for a in done for b in done if a is not b)  # two devices: two at once
+    devices = [t["attempts"][0]["devices"] for t in trace(tmp_path / "t.work")["steps"].values()]
+    assert sorted(d[0] for d in devices) in (["cuda:0", "cuda:0", "cuda:1"], ["cuda:0", "cuda:1", "cuda:1"])
+
+
+@pytest.mark.parametrize(("vram_gb", "together"), [(6, False), (4, True)])
+def test_vram_budget_decides_what_shares_a_gpu(tmp_path, schemas, vram_gb, together):
+    log = tmp_path / "jobs.log"
+    steps = [{"id": f"g{i}", "worker": "pool", "resources": {"gpu": 1, "vram_gb": vram_gb},
+              "args": {"tag": i, "sleep_s": 1, "log_file": str(log)}, "ignore_input_files": ["log_file"]}
+             for i in range(2)]
+    code, out, _ = run_runner(write_manifest(tmp_path, pool_manifest(steps)), schemas, jobs=2,
+                              gpus=parse_gpus("0:10"))
+    assert code == EXIT_OK, out
+    a, b = jobs_log(log)
+    assert (a["cvd"], b["cvd"]) == ("0", "0")
+    assert overlapping(a, b) is together
+
+
+def test_a_gpu_step_without_gpus_needs_a_cpu_fallback(tmp_path, schemas, capsys):
+    log = tmp_path / "jobs.log"
+    step = {"id": "g", "worker": "pool", "resources": {"gpu": 1}, "args": {"log_file": str(log)},
+            "ignore_input_files": ["log_file"]}
+    m = write_manifest(tmp_path, pool_manifest([step]))
+    code, out, _ = run_runner(m, schemas, gpus=[])
+    assert code == EXIT_INVALID and "step g: needs 1 GPU(s) and none was found" in out and "fallback" in out
+    assert main(["validate", str(m), "--gpus", "none"]) == 2
+    assert "needs 1 GPU(s)" in capsys.readouterr().err
+
+    m = write_manifest(tmp_path, pool_manifest([{**step, "fallback": "cpu"}]))
+    code, out, _ = run_runner(m, schemas, gpus=[])
+    assert code == EXIT_OK, out
+    assert jobs_log(log)[0]["cvd"] == ""  # hidden from the GPU it does not get
+    assert trace(tmp_path / "t.work")["steps"]["g"]["attempts"][0]["devices"] == ["cpu"]
+
+
+def test_more_gpus_or_vram_than_the_machine_has_is_refused(tmp_path, schemas):
+    steps = [{"id": "two", "worker": "pool", "resources": {"gpu": 2}},
+             {"id": "big", "worker": "pool", "resources": {"gpu": 1, "vram_gb": 80}}]
+    code, out, _ = run_runner(write_manifest(tmp_path, pool_manifest(steps)), schemas, gpus=parse_gpus("0:24"))
+    assert code == EXIT_INVALID
+    assert "step two: needs 2 GPUs; only 1 available" in out and "step big: needs 80 GB of VRAM" in out
+
+
+FORMAT1_STEPS = """CREATE TABLE steps (
+    step_id TEXT PRIMARY KEY, status TEXT NOT NULL, committed_key TEXT, components TEXT, result TEXT,
+    outputs TEXT, committed_dir TEXT, committed_at REAL, last_key TEXT, last_error TEXT, updated_at REAL NOT NULL,
+    result_file TEXT)"""
+FORMAT1_ATTEMPTS = """CREATE TABLE attempts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL, step_id TEXT NOT NULL, attempt INTEGER NOT NULL,
+    cache_key TEXT, status TEXT NOT NULL, started_at REAL NOT NULL, ended_at REAL, exit_code INTEGER,
+    error_kind TEXT, message TEXT, retryable INTEGER, wall_s REAL, peak_rss_mb REAL, staging_dir TEXT,
+    worker_pid INTEGER, worker_started REAL)"""
+
+
+def _as_format1(db_path: Path) -> None:
+    """Rewrite a state.db as the first runner left it (format 1: one row per step, no items)."""
+    db = sqlite3.connect(db_path)
+    rows = db.execute("SELECT step_id, status, committed_key, components, result, outputs, committed_dir, "
+                      "committed_at, last_key, last_error, updated_at, result_file FROM steps").fetchall()
+    db.executescript("DROP TABLE steps; DROP TABLE attempts; UPDATE meta SET value='1' WHERE key='format';"
+                     + FORMAT1_STEPS + ";" + FORMAT1_ATTEMPTS + ";")
+    db.executemany("INSERT INTO steps VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+    db.commit()
+    db.close()
+
+
+def test_a_format1_workdir_is_migrated_and_resumes(tmp_path, schemas):
+    steps = [{"id": "a", "worker": "pool", "args": {"tag": "a"}},
+             {"id": "b", "worker": "pool", "args": {"tag": "${steps.a.result.tag}"}}]
+    m = write_manifest(tmp_path, pool_manifest(steps))
+    assert run_runner(m, schemas)[0] == EXIT_OK
+    db_path = tmp_path / "t.work" / ".bridge" / "state.db"
+    _as_format1(db_path)
+
+    code, out, _ = run_runner(m, schemas, explain=True)
+    assert code == EXIT_OK, out
+    assert "skip    a: up to date" in out and "skip    b: up to date" in out
+    db = sqlite3.connect(db_path)
+    assert db.execute("SELECT value FROM meta WHERE key='format'").fetchone() == ("2",)
+    assert db.execute("SELECT step_id, item FROM steps ORDER BY step_id").fetchall() == [("a", -1), ("b", -1)]
+
+
+def test_a_newer_state_format_is_refused(tmp_path, schemas):
+    m = write_manifest(tmp_path, pool_manifest([{"id": "a", "worker": "pool"}]))
+    assert run_runner(m, schemas)[0] == EXIT_OK
+    db = sqlite3.connect(tmp_path / "t.work" / ".bridge" / "state.db")
+    db.execute("UPDATE meta SET value='9' WHERE key='format'")
+    db.commit()
+    db.close()
+    code, out, _ = run_runner(m, schemas)
+    assert code == EXIT_INVALID and "format 9, newer than this runner's 2" in out
