@@ -102,6 +102,9 @@ class Coordinator:
             self._add_steps(selected)
             while self._turn():
                 pass
+            stuck = self.scheduler.never_ready()
+            if stuck and not self.ctx.cancel.is_set():
+                raise RuntimeError(f"scheduler bug: {len(stuck)} unit(s) never became ready, e.g. {stuck[:3]}")
         except BaseException:
             self.ctx.cancel.set()  # the workers must not outlive a runner that failed
             raise

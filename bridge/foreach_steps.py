@@ -58,6 +58,7 @@ class ForeachSteps:
             waits = [("item", source, i)] if source in self.chosen else []
             co.scheduler.add(("item", sid, i), waits, co.priority(sid, i))
         co.scheduler.add(("step", sid), [("item", sid, i) for i in range(count)], co.priority(sid, count))
+        co.scheduler.done(("expand", sid))  # a step streaming from this one can list its items now
 
     def _settle_early(self, sid: str, decision) -> None:
         """The step cannot even list its items (an upstream failed, or the list does not resolve)."""

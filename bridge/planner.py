@@ -94,7 +94,8 @@ class Planner:
         try:
             args = fanout.resolve_args(step.args, self.results, item_value,
                                        None if item == WHOLE_STEP else item)
-            upstream = {d: self.keys[d] for d in deps if d in self.keys}
+            list_only = self._list_only_source(sid) if item != WHOLE_STEP else None
+            upstream = {d: self.keys[d] for d in deps if d in self.keys and d != list_only}
             parts = cachekey.components(identity, args, self.m.base_dir, upstream, self.state,
                                         step.ignore_input_files)
         except refs.RefError as exc:
@@ -106,6 +107,15 @@ class Planner:
         rec = self.state.step(sid, item)
         return self._against_record(sid, rec, Decision(sid, Action.RUN, "", key=key, components=parts, args=args,
                                                        identity=identity, record=rec, item=item))
+
+    def _list_only_source(self, sid: str) -> str | None:
+        """The step a foreach step's list comes from, when nothing else in the step uses it: an item's key then
+        counts its own item (in its args), not the whole list, so a changed item redoes only itself."""
+        ref = refs.parse(self.m.steps[sid].foreach or "")
+        step = self.m.steps[sid]
+        if ref is None or ref.step in step.needs or any(r.step == ref.step for _, r in refs.find(step.args, "$")[0]):
+            return None
+        return ref.step
 
     def foreach_list(self, sid: str) -> list[Any]:
         """The list a foreach step runs over (its upstream is settled). Raises RefError."""

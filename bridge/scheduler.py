@@ -108,6 +108,10 @@ class Scheduler:
         self._delayed.clear()
         return nodes
 
+    def never_ready(self) -> list[Node]:
+        """Nodes still waiting for something (after a complete run: a bug, never silently ignored)."""
+        return [n for n, count in self._waiting_on.items() if count > 0]
+
     @property
     def has_queued(self) -> bool:
         return bool(self._runnable or self._delayed or self._ready)
