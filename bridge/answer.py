@@ -15,6 +15,9 @@ from .schemas import SchemaStore, error_lines
 
 #: Worker error kinds the contract defines (mirrors workers.contract.ErrorKind; the bridge reads schemas, not code).
 WORKER_KINDS = ("invalid_input", "model_unavailable", "resource", "transient", "external", "internal")
+#: The exit code a one-shot worker uses per error kind (docs/contract.md); a warm answer is given the same, so
+#: records read alike whichever way the attempt ran.
+WORKER_EXIT_CODES = dict(zip(WORKER_KINDS, (2, 3, 4, 5, 6, 7), strict=True))
 #: In staging, an output at least this large is checked by size and its reported sha256 is trusted: the worker
 #: hashed it as it wrote it (workers/runtime/outputs.py), and a clip of gigabytes is not read twice.
 TRUST_REPORTED_SHA_BYTES = 256 * 1024 * 1024
@@ -71,7 +74,7 @@ def single_json(stdout: bytes) -> tuple[Any, str | None]:
     return doc, None
 
 
-def _exit_text(code: int | None) -> str:
+def exit_text(code: int | None) -> str:
     if code is None:
         return "no exit code"
     if code < 0:
@@ -91,13 +94,13 @@ def classify(proc: ProcessResult, schemas: SchemaStore, worker: str, staging_dir
     if proc.stdout_over_cap:
         return AttemptOutcome(ok=False, kind="protocol", message=(
             f"worker broke the contract: stdout exceeded the {MAX_STDOUT_BYTES // (1024 * 1024)} MiB cap "
-            f"({proc.stdout_bytes} bytes, {_exit_text(proc.exit_code)}); an answer is one JSON document and large "
+            f"({proc.stdout_bytes} bytes, {exit_text(proc.exit_code)}); an answer is one JSON document and large "
             "results belong in files under output_dir"), **base)
     doc, problem = single_json(proc.stdout)
     if problem is not None:
         if proc.exit_code != 0:
             return AttemptOutcome(ok=False, kind="crash", retryable=True, message=(
-                f"worker died without a JSON answer ({_exit_text(proc.exit_code)}; {problem})"
+                f"worker died without a JSON answer ({exit_text(proc.exit_code)}; {problem})"
                 + tail_text(proc.stderr_tail)), **base)
         return AttemptOutcome(ok=False, kind="protocol", message=(
             f"worker broke the contract: exit code 0 but {problem}" + tail_text(proc.stderr_tail)), **base)
@@ -123,7 +126,7 @@ def _judge_envelope(doc: dict[str, Any], proc: ProcessResult, schemas: SchemaSto
                               retryable=bool(err.get("retryable")), envelope=doc, warnings=warnings, **base)
     if proc.exit_code != 0:
         return AttemptOutcome(ok=False, kind="protocol", envelope=doc, message=(
-            f"worker answered success but exited with {_exit_text(proc.exit_code)}"), **base)
+            f"worker answered success but exited with {exit_text(proc.exit_code)}"), **base)
     validator = schemas.result(worker)
     if validator is not None:
         lines = error_lines(validator, doc.get("result"))

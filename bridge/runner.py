@@ -232,7 +232,12 @@ class Runner:
         return EXIT_STEP_FAILED if hard else EXIT_OK
 
     def _executor(self, post):
-        return LocalExecutor(post, self.schemas, self.cancel)
+        if not self.opts.warm:
+            return LocalExecutor(post, self.schemas, self.cancel)
+        from .warm_pool import WarmPoolExecutor
+
+        return WarmPoolExecutor(post, self.schemas, self.cancel, self.planner.identities,
+                                idle_s=self.opts.warm_idle_s, max_idle=self.slots.jobs)
 
     def _tolerated(self, sid: str) -> bool:
         """A failure (or a skip) that does not fail the run: the step, or the upstream that blocked it, is optional."""

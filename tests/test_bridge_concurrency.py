@@ -7,6 +7,7 @@ import sqlite3
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 from bridge_helpers import REPO, run_runner, schema_dir, trace, write_manifest
 
@@ -153,3 +154,55 @@ def test_a_newer_state_format_is_refused(tmp_path, schemas):
     db.close()
     code, out, _ = run_runner(m, schemas)
     assert code == EXIT_INVALID and "format 9, newer than this runner's 2" in out
+
+
+def test_ten_items_share_one_warm_process_and_one_model_load(tmp_path, schemas):
+    loads, log = tmp_path / "loads.log", tmp_path / "jobs.log"
+    steps = [{"id": "list", "worker": "pool", "args": {"items": list(range(10))}},
+             {"id": "each", "worker": "pool", "foreach": "${steps.list.result.items}",
+              "ignore_input_files": ["loads_file", "log_file"],
+              "args": {"tag": "${item}", "model": "big", "load_s": 0.3, "loads_file": str(loads),
+                       "log_file": str(log)}}]
+    code, out, _ = run_runner(write_manifest(tmp_path, pool_manifest(steps, one_shot=False)), schemas, jobs=1)
+    assert code == EXIT_OK, out
+    assert len({j["pid"] for j in jobs_log(log)}) == 1 and len(jobs_log(log)) == 10
+    assert len(loads.read_text().splitlines()) == 1  # "big" loaded once, for all 10 items
+    attempts = trace(tmp_path / "t.work")["steps"]["each"]["items"]
+    assert all(it["attempts"][0]["warm"] for it in attempts)
+
+
+def test_no_warm_and_one_shot_workers_start_a_process_per_attempt(tmp_path, schemas):
+    log = tmp_path / "jobs.log"
+    steps = [{"id": f"s{i}", "worker": "pool", "args": {"tag": i, "log_file": str(log)},
+              "ignore_input_files": ["log_file"]} for i in range(3)]
+    code, out, _ = run_runner(write_manifest(tmp_path, pool_manifest(steps, one_shot=False)), schemas, jobs=1,
+                              warm=False)
+    assert code == EXIT_OK, out
+    assert len({j["pid"] for j in jobs_log(log)}) == 3
+    log.unlink()
+    code, out, _ = run_runner(write_manifest(tmp_path, pool_manifest(steps, one_shot=True)), schemas, jobs=1,
+                              force={"s0", "s1", "s2"})
+    assert code == EXIT_OK, out
+    assert len({j["pid"] for j in jobs_log(log)}) == 3  # no `warm` in its --describe: never served warm
+
+
+@pytest.mark.parametrize("failure", ["crash_once", "hang_once"])
+def test_a_warm_worker_that_dies_or_hangs_is_replaced_and_the_item_commits_once(tmp_path, schemas, failure):
+    log, marker = tmp_path / "jobs.log", tmp_path / "marker"
+    steps = [{"id": "list", "worker": "pool", "args": {"items": [0, 1, 2]}},
+             {"id": "each", "worker": "pool", "foreach": "${steps.list.result.items}", "timeout_s": 3,
+              "ignore_input_files": ["log_file", failure],
+              "args": {"tag": "${item}", "log_file": str(log), failure: str(marker)}}]
+    code, out, _ = run_runner(write_manifest(tmp_path, pool_manifest(steps, one_shot=False, max_attempts=2)),
+                              schemas, jobs=1)
+    assert code == EXIT_OK, out
+    items = trace(tmp_path / "t.work")["steps"]["each"]["items"]
+    first = [it for it in items if len(it["attempts"]) == 2]
+    assert len(first) == 1
+    kind = "crash" if failure == "crash_once" else "timeout"
+    assert first[0]["attempts"][0]["error_kind"] == kind and first[0]["attempts"][1]["status"] == "committed"
+    done = jobs_log(log)
+    assert sorted(j["tag"] for j in done) == [0, 1, 2]  # each item committed once
+    dead = int(marker.read_text())
+    assert dead not in {j["pid"] for j in done}  # the replaced process served none of them
+    assert not psutil.pid_exists(dead) or psutil.Process(dead).status() == psutil.STATUS_ZOMBIE
