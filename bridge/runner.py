@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from . import report, workdir
+from . import progress, report, workdir
 from .answer import clip
 from .coordinator import Coordinator, RunContext
 from .events import EventLog
@@ -81,6 +81,7 @@ class Runner:
         self.events: EventLog | None = None
         self.slots: SlotPool | None = None
         self.coordinator: Coordinator | None = None
+        self.display: progress.PlainLines | progress.RichProgress | None = None
 
     @property
     def workdir(self) -> Path:
@@ -150,7 +151,9 @@ class Runner:
             self._say(f"[unusable workdir] {exc}")
             return EXIT_INVALID
         self.events = EventLog(self.wd.events, self.run_id, self.events_mirror)
-        self.events.listeners.append(self._human)
+        self.display = progress.for_console(self.console, self.opts.quiet, len(self.m.order))
+        if self.display is not None:
+            self.events.listeners.append(self.display)
         try:
             exit_code = self._run_body()
         except BaseException as exc:
@@ -170,6 +173,8 @@ class Runner:
             self._write_trace(exit_code, status, time.monotonic() - started)
             self.events.emit("run_end", status=status, exit_code=exit_code,
                              wall_s=round(time.monotonic() - started, 3), summary=report.status_counts(self.trace))
+            if self.display is not None:
+                self.display.close()
             self._print_summary(exit_code)
         finally:
             self.events.close()
@@ -225,6 +230,8 @@ class Runner:
                          env=self.env, cancel=self.cancel, run_id=self.run_id, rng=self.rng, say=self._say,
                          explain=self.opts.explain)
         self.coordinator = Coordinator(ctx, self.planner, Scheduler(self.slots), self.trace, self._executor)
+        if self.display is not None:
+            self.display.expect(len(selected))
         self.coordinator.run(selected)
         if self.cancel.is_set():
             return EXIT_INTERRUPTED
@@ -288,16 +295,12 @@ class Runner:
             self.console.write(text + "\n")
             self.console.flush()
 
-    def _human(self, ev: dict[str, Any]) -> None:
-        line = report.human_line(ev) if self.console is not None else None
-        if line:
-            self._say(line)
-
     def _print_summary(self, exit_code: int) -> None:
         if self.console is None:
             return
-        rows = [(sid, self.m.steps[sid].worker, self.trace[sid]) for sid in self.m.order if sid in self.trace]
-        report.print_summary(self.console, f"run {self.run_id}", rows)
+        if not self.opts.quiet:
+            rows = [(sid, self.m.steps[sid].worker, self.trace[sid]) for sid in self.m.order if sid in self.trace]
+            report.print_summary(self.console, f"run {self.run_id}", rows)
         counts = ", ".join(f"{n} {s}" for s, n in sorted(report.status_counts(self.trace).items()))
         self._say(f"run {self.run_id}: exit {exit_code} ({counts}); trace: {self.wd.trace}")
 

@@ -206,3 +206,57 @@ def test_a_warm_worker_that_dies_or_hangs_is_replaced_and_the_item_commits_once(
     dead = int(marker.read_text())
     assert dead not in {j["pid"] for j in done}  # the replaced process served none of them
     assert not psutil.pid_exists(dead) or psutil.Process(dead).status() == psutil.STATUS_ZOMBIE
+
+
+def test_quiet_prints_failures_and_the_final_line_only(tmp_path, schemas):
+    steps = [{"id": "ok", "worker": "pool", "args": {"tag": 1}},
+             {"id": "bad", "worker": "pool", "args": {"crash_once": str(tmp_path / "marker")}}]
+    code, out, _ = run_runner(write_manifest(tmp_path, pool_manifest(steps)), schemas, quiet=True)
+    assert code == 1
+    lines = out.splitlines()
+    assert len(lines) == 2, out
+    assert lines[0].startswith("✗ bad failed (crash)") and "exit 1 (1 committed, 1 failed)" in lines[1]
+
+
+def test_a_terminal_gets_progress_bars(tmp_path, schemas):
+    import io
+
+    from bridge.manifest import load
+    from bridge.runner import Runner, RunOptions
+    from bridge.schemas import SchemaStore
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    steps = [{"id": "list", "worker": "pool", "args": {"items": [1, 2, 3]}},
+             {"id": "each", "worker": "pool", "foreach": "${steps.list.result.items}", "args": {"tag": "${item}"}}]
+    out = Terminal()
+    store = SchemaStore(schemas)
+    runner = Runner(load(write_manifest(tmp_path, pool_manifest(steps)), store), RunOptions(jobs=2), schemas=store,
+                    console=out)
+    assert runner.run() == EXIT_OK
+    bars = runner.display.bars
+    overall = bars.tasks[0]
+    assert (overall.completed, overall.total) == (4, 4)  # the list step and three items
+    assert [(t.description.strip(), t.completed, t.total) for t in bars.tasks[1:]] == [("each items", 3, 3)]
+
+
+def test_an_output_is_hashed_once_then_memoised_across_commit_and_resume(tmp_path, schemas, monkeypatch):
+    import bridge.safefs
+
+    hashed: list[int] = []
+    real = bridge.safefs.sha256_fd
+    monkeypatch.setattr(bridge.safefs, "sha256_fd", lambda fd: hashed.append(fd) or real(fd))
+    steps = [{"id": "a", "worker": "pool", "args": {"tag": "a"}},
+             {"id": "b", "worker": "pool", "args": {"tag": "b", "clip": "${steps.a.result.file}"}}]
+    m = write_manifest(tmp_path, pool_manifest(steps))
+    assert run_runner(m, schemas)[0] == EXIT_OK
+    assert len(hashed) == 2  # each output once, in staging; b's input (a's committed clip) came from the memo
+    hashed.clear()
+    code, out, _ = run_runner(m, schemas, explain=True)
+    assert code == EXIT_OK and "skip    b: up to date" in out
+    assert hashed == []  # resume verified both outputs by (path, size, mtime)
+    (tmp_path / "t.work" / "steps" / "a" / "out.txt").write_text('"z"')  # same size, new content and mtime
+    code, out, _ = run_runner(m, schemas, explain=True)
+    assert "run     a: output corrupt" in out
