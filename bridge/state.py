@@ -1,8 +1,10 @@
 """Run state in SQLite (WORKDIR/.bridge/state.db, WAL): committed unit records, every attempt, runs.
 
 A unit is a whole step (item -1) or one item of a foreach step (item 0, 1, ...); each has its own row, cache
-key and commit. Every write is a transaction with synchronous=FULL: a record is durable before the runner
-moves on (a cache record that silently failed to write is how resume loses work). A commit writes the unit's
+key and commit. Every write is in the WAL before the runner moves on, so a killed runner (even SIGKILL) loses
+nothing written; a commit is also fsynced (synchronous=FULL for that transaction, which syncs the WAL up to it),
+so a committed record survives a power loss too. The bookkeeping in between (running, attempt start, worker
+pid) is not fsynced one by one: after a power loss the worst case is a unit that runs again. A commit writes the unit's
 record and its attempt in one transaction, so a committed unit never has an attempt that reads `running` or
 `abandoned`. Results larger than INLINE_RESULT_BYTES live in `.bridge/results/` (the row keeps name, size and
 sha256), so one big answer does not grow the database by its size. Only the coordinator thread writes.
@@ -76,7 +78,7 @@ class StateDB:
         self.results_dir = results_dir
         self.db = sqlite3.connect(str(path), isolation_level=None, timeout=30, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.execute("PRAGMA synchronous=NORMAL")  # see the module doc: commits sync themselves
         try:
             self.migrated_from = open_format(self.db)  # 0: new; 1: migrated from format 1; 2: current
         except BaseException:
@@ -87,14 +89,21 @@ class StateDB:
         self.db.close()
 
     @contextmanager
-    def _transaction(self) -> Iterator[None]:
-        self.db.execute("BEGIN IMMEDIATE")
+    def _transaction(self, durable: bool = False) -> Iterator[None]:
+        """One transaction; `durable`: fsynced at COMMIT (with every WAL frame before it)."""
+        if durable:
+            self.db.execute("PRAGMA synchronous=FULL")
         try:
-            yield
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
+        finally:
+            if durable:
+                self.db.execute("PRAGMA synchronous=NORMAL")
 
     # runs ---------------------------------------------------------------------------------------------
     def start_run(self, run_id: str, manifest: str, options: dict[str, Any]) -> None:
@@ -168,7 +177,7 @@ class StateDB:
         prefix = _result_prefix(step_id, item)
         inline, result_file = self._store_result(prefix, result)
         now = time.time()
-        with self._transaction():
+        with self._transaction(durable=True):
             self.db.execute(
                 "INSERT INTO steps(step_id, item, status, committed_key, components, result, outputs, committed_dir, "
                 "committed_at, last_key, last_error, updated_at, result_file) VALUES (?,?,?,?,?,?,?,?,?,?,NULL,?,?) "
