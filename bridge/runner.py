@@ -214,7 +214,9 @@ class Runner:
         grace_s = self.m.manifest.defaults.kill_grace_s
         for left in self.state.recover_abandoned():
             stopped = bool(left.worker_pid) and stop_leftover(left.worker_pid, left.worker_started, grace_s)
-            self.events.emit("attempt_abandoned", step=left.step_id, attempt=left.attempt, previous_run=left.run_id,
+            item = {} if left.item < 0 else {"item": left.item}
+            self.events.emit("attempt_abandoned", step=left.step_id, **item, attempt=left.attempt,
+                             previous_run=left.run_id,
                              worker_pid=left.worker_pid, worker_stopped=stopped,
                              message="the previous runner stopped while this attempt ran")
 
