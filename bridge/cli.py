@@ -43,14 +43,6 @@ def _load_manifest(path: str, as_json: bool):
         return None, 2
 
 
-def _resource_problems(loaded, gpus_spec: str | None) -> list[str]:
-    """Steps this machine can never start (GPUs it lacks, more memory than it has), each with why."""
-    from .runner import Runner, RunOptions
-
-    runner = Runner(loaded, RunOptions(gpus=_gpus(gpus_spec)))
-    return runner.resource_problems()
-
-
 def _gpus(spec: str | None):
     from .gpus import parse_gpus
 
@@ -61,7 +53,10 @@ def _validate(opts: argparse.Namespace) -> int:
     loaded, code = _load_manifest(opts.manifest, opts.json)
     if loaded is None:
         return code
-    problems = _resource_problems(loaded, opts.gpus)
+    from .machine import resource_problems
+    from .worker_client import worker_env
+
+    problems = resource_problems(loaded, _gpus(opts.gpus), worker_env())  # steps this machine can never start
     if problems:
         if opts.json:
             print(json.dumps({"ok": False, "manifest": str(loaded.path),

@@ -11,76 +11,28 @@ into items, and ("item", ID, i) per item, with ("step", ID) waiting for all of i
 from __future__ import annotations
 
 import queue
-import random
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import psutil
 
 from . import execute, safefs
 from .answer import AttemptOutcome
-from .events import EventLog
 from .executor import AttemptExecutor, AttemptRequest, Finished, Message, Started, WorkerEvent
 from .foreach_steps import ForeachSteps
-from .manifest import LoadedManifest, RetryPolicy
 from .planner import Decision, Planner
 from .report import StepTrace
 from .resources import Grant
 from .scheduler import Scheduler
-from .schemas import SchemaStore
-from .state import WHOLE_STEP, StateDB
-from .states import Action, State, unit_label
-from .workdir import Workdir
-from .worker_client import AttemptFiles
+from .state import WHOLE_STEP
+from .states import Action, State
+from .units import RunContext, UnitRun
+
+__all__ = ["Coordinator", "RunContext"]
 
 #: How often the loop looks at the cancel event while nothing is posted.
 _POLL_S = 0.1
-
-
-@dataclass
-class RunContext:
-    """What coordinating a run needs from the runner."""
-
-    m: LoadedManifest
-    wd: Workdir
-    state: StateDB
-    events: EventLog
-    schemas: SchemaStore
-    env: dict[str, str]
-    cancel: threading.Event
-    run_id: str
-    rng: random.Random
-    say: Callable[[str], None]
-    explain: bool = False
-
-
-@dataclass
-class UnitRun:
-    """A unit decided to run, until it settles: its key, attempts so far, and what its attempt holds."""
-
-    node: tuple
-    sid: str
-    item: int
-    decision: Decision
-    policy: RetryPolicy
-    timeout_s: float
-    trace: StepTrace
-    attempt: int = 0
-    grant: Grant | None = None
-    row: int | None = None
-    files: AttemptFiles | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def label(self) -> str:
-        return unit_label(self.sid, None if self.item == WHOLE_STEP else self.item)
-
-    def ids(self) -> dict[str, Any]:
-        """The step (and item) fields of this unit's events."""
-        return {"step": self.sid} if self.item == WHOLE_STEP else {"step": self.sid, "item": self.item}
 
 
 class Coordinator:
@@ -105,6 +57,9 @@ class Coordinator:
             stuck = self.scheduler.never_ready()
             if stuck and not self.ctx.cancel.is_set():
                 raise RuntimeError(f"scheduler bug: {len(stuck)} unit(s) never became ready, e.g. {stuck[:3]}")
+            for tr in self.trace.values():
+                if tr.status == "pending":  # interrupted: a foreach step with items still to go
+                    tr.status = State.INTERRUPTED
         except BaseException:
             self.ctx.cancel.set()  # the workers must not outlive a runner that failed
             raise
@@ -346,5 +301,5 @@ class Coordinator:
                 run.trace.status, run.trace.error = status, error
                 self.ctx.state.mark_failed(run.sid, run.decision.key, error, status=status.value, item=run.item)
         for tr in self.trace.values():
-            if tr.status == "pending":
-                tr.status = State.INTERRUPTED if self.ctx.cancel.is_set() else status
+            if tr.status == "pending":  # a foreach step whose items were in flight
+                tr.status = status

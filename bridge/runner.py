@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from . import progress, report, workdir
+from . import machine, progress, report, workdir
 from .answer import clip
 from .coordinator import Coordinator, RunContext
 from .events import EventLog
@@ -95,8 +95,8 @@ class Runner:
             self._say(f"[unusable workdir] {exc}")
             return EXIT_INVALID
         try:
-            self.slots = self._slot_pool()
-        except ResourcesImpossible as exc:
+            self.slots = machine.slot_pool(self.m, self.opts.jobs, self.opts.gpus, self.env)
+        except machine.ResourcesImpossible as exc:
             self._say(f"[resources] {exc}")
             return EXIT_INVALID
         if self.opts.dry_run:
@@ -116,26 +116,6 @@ class Runner:
             lock.release()
 
     # --------------------------------------------------------------------------------------------- run
-    def _slot_pool(self) -> SlotPool:
-        from .gpus import detect_gpus
-
-        wants_gpu = any(s.resources and s.resources.gpu for s in self.m.steps.values())
-        gpus = self.opts.gpus if self.opts.gpus is not None else detect_gpus(self.env) if wants_gpu else []
-        pool = SlotPool(jobs=max(1, self.opts.jobs), gpus=gpus, memory_gb=_memory_gb(self.m))
-        problems = [f"step {s.id}: {why}" for s in self.m.steps.values()
-                    if (why := pool.impossible(s.resources, s.fallback))]
-        if problems:
-            raise ResourcesImpossible(problems)
-        return pool
-
-    def resource_problems(self) -> list[str]:
-        """What `validate` reports: the steps this machine can never start, and why."""
-        try:
-            self._slot_pool()
-        except ResourcesImpossible as exc:
-            return exc.problems
-        return []
-
     def _open_state(self) -> None:
         self.state = StateDB(self.wd.state_db, self.wd.results)
         self.planner = Planner(self.m, self.state, force=self.opts.force, env=self.env, cancel=self.cancel)
@@ -306,19 +286,3 @@ class Runner:
         counts = ", ".join(f"{n} {s}" for s, n in sorted(report.status_counts(self.trace).items()))
         self._say(f"run {self.run_id}: exit {exit_code} ({counts}); trace: {self.wd.trace}")
 
-
-class ResourcesImpossible(Exception):
-    """A step asks for more than this machine has (or for a GPU where there is none, without a fallback)."""
-
-    def __init__(self, problems: list[str]):
-        super().__init__("; ".join(problems))
-        self.problems = problems
-
-
-def _memory_gb(m: LoadedManifest) -> float | None:
-    """The machine's memory, when some step declares `memory_gb` (else memory is not a slot)."""
-    if not any(s.resources and s.resources.memory_gb for s in m.steps.values()):
-        return None
-    import psutil
-
-    return psutil.virtual_memory().total / 1024**3

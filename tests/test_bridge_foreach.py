@@ -122,3 +122,37 @@ def test_a_runner_killed_mid_fan_out_resumes_without_loss_or_double_commit(tmp_p
                            "AND step_id IN ('up', 'down') GROUP BY step_id, item")
     assert sorted(committed) == sorted([(s, i, 1) for s in ("up", "down") for i in range(8)])
     assert rows(work, "SELECT count(*) FROM steps WHERE item >= 0 AND status='committed'") == [(16,)]
+
+
+@pytest.mark.parametrize("warm", [True, False])
+def test_ctrl_c_stops_every_running_item(tmp_path, schemas, warm):
+    import psutil
+
+    work = tmp_path / "t.work"
+    steps = [{"id": "list", "worker": "pool", "args": {"items": [0, 1, 2, 3]}},
+             {"id": "each", "worker": "pool", "foreach": "${steps.list.result.items}",
+              "args": {"tag": "${item}", "sleep_s": 30}}]
+    m = write_manifest(tmp_path, pool_manifest(steps, one_shot=not warm))
+    argv = [sys.executable, "-m", "bridge", "run", str(m), "--jobs", "2"]
+    proc = subprocess.Popen(argv, cwd=tmp_path, env=bridge_env(schemas), stdout=subprocess.PIPE, text=True)
+    try:
+        def running() -> list[int]:
+            try:
+                return [pid for (pid,) in rows(work, "SELECT worker_pid FROM attempts WHERE step_id='each' "
+                                                     "AND status='running' AND worker_pid IS NOT NULL")]
+            except sqlite3.OperationalError:  # not created yet
+                return []
+
+        assert wait_for(lambda: len(running()) == 2, 60)
+        pids = running()
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, out
+    assert not [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    t = trace(work)["steps"]["each"]
+    assert t["status"] == "interrupted"
+    assert sorted(it["status"] for it in t["items"]) == ["interrupted", "interrupted"]
+    assert rows(work, "SELECT count(*) FROM attempts WHERE status='running'") == [(0,)]
