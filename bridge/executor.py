@@ -68,39 +68,57 @@ class AttemptExecutor(Protocol):
         """Stop what is still running (the run is over or interrupted) and wait for it."""
 
 
-class LocalExecutor:
-    """One worker process per attempt, each supervised by its own thread (the slots bound how many)."""
+class AttemptThreads:
+    """One thread per attempt (the slots bound how many); each posts exactly one `Finished`."""
 
-    def __init__(self, post: Post, schemas: SchemaStore, cancel: threading.Event):
+    def __init__(self, post: Post, *, warm: bool):
         self.post = post
-        self.schemas = schemas
-        self.cancel = cancel
+        self.warm = warm
         self._threads: set[threading.Thread] = set()
         self._lock = threading.Lock()
 
-    def submit(self, request: AttemptRequest) -> None:
-        thread = threading.Thread(target=self._run, args=(request,), daemon=True,
+    def start(self, request: AttemptRequest, attempt: Callable[[AttemptRequest], AttemptOutcome]) -> None:
+        thread = threading.Thread(target=self._run, args=(request, attempt), daemon=True,
                                   name=f"attempt-{request.unit[0]}-{request.unit[1]}-{request.attempt}")
         with self._lock:
             self._threads.add(thread)
         thread.start()
 
-    def _run(self, request: AttemptRequest) -> None:
+    def _run(self, request: AttemptRequest, attempt: Callable[[AttemptRequest], AttemptOutcome]) -> None:
         try:
-            outcome = run_attempt(request.prefix, request.args, files=request.files, cwd=request.cwd,
-                                  env=request.env, schemas=self.schemas, worker=request.worker,
-                                  timeout_s=request.timeout_s, kill_grace_s=request.kill_grace_s, cancel=self.cancel,
-                                  on_event=lambda ev: self.post(WorkerEvent(request, ev)),
-                                  on_start=lambda pid: self.post(Started(request, pid)))
+            outcome = attempt(request)
         except Exception as exc:  # noqa: BLE001 - a bug here must still end the attempt, or the run waits forever
             outcome = AttemptOutcome(ok=False, kind="runner_error", message=f"{type(exc).__name__}: {exc}")
         finally:
             with self._lock:
                 self._threads.discard(threading.current_thread())
-        self.post(Finished(request, outcome))
+        self.post(Finished(request, outcome, warm=self.warm))
 
-    def close(self) -> None:
+    def join(self) -> None:
         with self._lock:
             threads = list(self._threads)
         for thread in threads:
             thread.join()
+
+
+class LocalExecutor:
+    """One worker process per attempt."""
+
+    def __init__(self, post: Post, schemas: SchemaStore, cancel: threading.Event):
+        self.post = post
+        self.schemas = schemas
+        self.cancel = cancel
+        self._threads = AttemptThreads(post, warm=False)
+
+    def submit(self, request: AttemptRequest) -> None:
+        self._threads.start(request, self._attempt)
+
+    def _attempt(self, request: AttemptRequest) -> AttemptOutcome:
+        return run_attempt(request.prefix, request.args, files=request.files, cwd=request.cwd, env=request.env,
+                           schemas=self.schemas, worker=request.worker, timeout_s=request.timeout_s,
+                           kill_grace_s=request.kill_grace_s, cancel=self.cancel,
+                           on_event=lambda ev: self.post(WorkerEvent(request, ev)),
+                           on_start=lambda pid: self.post(Started(request, pid)))
+
+    def close(self) -> None:
+        self._threads.join()

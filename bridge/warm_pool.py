@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from .answer import AttemptOutcome
-from .executor import AttemptRequest, Finished, LocalExecutor, Post, Started, WorkerEvent
+from .executor import AttemptRequest, AttemptThreads, LocalExecutor, Post, Started, WorkerEvent
 from .schemas import SchemaStore
 from .serve_client import ServeClient, WarmState
 from .worker_client import DescribeFailed, WorkerIdentity
@@ -49,7 +49,7 @@ class WarmPoolExecutor:
         self.one_shot = LocalExecutor(post, schemas, cancel)
         self._idle: list[_Slot] = []
         self._lock = threading.Lock()
-        self._threads: set[threading.Thread] = set()
+        self._threads = AttemptThreads(post, warm=True)
         self._spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="warm-spawn")
         self._closed = threading.Event()
         self._reaper = threading.Thread(target=self._reap_idle, daemon=True, name="warm-reaper")
@@ -63,22 +63,8 @@ class WarmPoolExecutor:
     def submit(self, request: AttemptRequest) -> None:
         if self._warm(request.worker) is None:
             self.one_shot.submit(request)
-            return
-        thread = threading.Thread(target=self._run, args=(request,), daemon=True,
-                                  name=f"warm-{request.unit[0]}-{request.unit[1]}-{request.attempt}")
-        with self._lock:
-            self._threads.add(thread)
-        thread.start()
-
-    def _run(self, request: AttemptRequest) -> None:
-        try:
-            outcome = self._attempt(request)
-        except Exception as exc:  # noqa: BLE001 - a bug here must still end the attempt, or the run waits forever
-            outcome = AttemptOutcome(ok=False, kind="runner_error", message=f"{type(exc).__name__}: {exc}")
-        finally:
-            with self._lock:
-                self._threads.discard(threading.current_thread())
-        self.post(Finished(request, outcome, warm=True))
+        else:
+            self._threads.start(request, self._attempt)
 
     def _attempt(self, request: AttemptRequest) -> AttemptOutcome:
         key = model_key(self._warm(request.worker), request.args)
@@ -130,10 +116,7 @@ class WarmPoolExecutor:
                 slot.client.shutdown()
 
     def close(self) -> None:
-        with self._lock:
-            threads = list(self._threads)
-        for thread in threads:
-            thread.join()
+        self._threads.join()
         self.one_shot.close()
         self._closed.set()
         with self._lock:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from bridge_helpers import bridge_env, events, run_runner, schema_dir, trace, wait_for, write_manifest
+from bridge_helpers import state_rows as rows
 from test_bridge_concurrency import jobs_log, pool_manifest
 
 from bridge.runner import EXIT_OK
@@ -34,14 +35,6 @@ def fan_manifest(log: Path, items: list[str], sleep_s: float = 0.0, **extra) -> 
          "args": {"tag": "${item.tag}", "from": "${item.file}", **common}},
         {"id": "all", "worker": "pool", "args": {"items": "${steps.down.result}"}},
     ], **extra)
-
-
-def rows(work: Path, sql: str) -> list[tuple]:
-    db = sqlite3.connect(work / ".bridge" / "state.db")
-    try:
-        return db.execute(sql).fetchall()
-    finally:
-        db.close()
 
 
 def test_each_item_is_a_unit_and_a_changed_item_redoes_only_itself(tmp_path, schemas):
