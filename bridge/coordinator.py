@@ -272,6 +272,7 @@ class Coordinator:
             self._give_up(run, outcome)
 
     def _settle(self, run: UnitRun) -> None:
+        run.stop_clock()
         del self.active[run.node]
         self.scheduler.done(run.node)
 
@@ -282,6 +283,7 @@ class Coordinator:
         run.trace.status, run.trace.error = State.INTERRUPTED, error
         self.ctx.state.mark_failed(run.sid, run.decision.key, error, status=State.INTERRUPTED.value, item=run.item)
         self.ctx.events.emit("step_interrupted", **run.ids(), attempt=run.attempt)
+        run.stop_clock()
         self.active.pop(run.node, None)  # not `done`: nothing that depends on it is decided any more
 
     def _give_up(self, run: UnitRun, outcome: AttemptOutcome) -> None:

@@ -59,6 +59,12 @@ class RichProgress:
         self.bars.start()
 
     def __call__(self, ev: Event) -> None:
+        try:
+            self._show(ev)
+        except Exception:  # noqa: BLE001 - the display must never stop a run (events.jsonl has it all)
+            pass
+
+    def _show(self, ev: Event) -> None:
         e, sid, item = ev["event"], ev.get("step"), ev.get("item")
         if e == "foreach_start":
             self.items[sid] = self.bars.add_task(f"  {sid} items", total=ev["items"])

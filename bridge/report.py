@@ -88,5 +88,6 @@ def print_summary(console: TextIO, title: str, rows: list[tuple[str, str, StepTr
         if tr.items:
             failed = [i for i, t in sorted(tr.items.items()) if t.status in ("failed", "skipped", "interrupted")]
             why = f"{len(tr.items)} items" + (f"; without result: {failed[:20]}" if failed else "")
-        table.add_row(sid, worker, str(tr.status), str(len(tr.attempts)), f"{tr.wall_s:.2f}", str(why)[:160])
+        attempts = sum(len(t.attempts) for t in tr.items.values()) if tr.items else len(tr.attempts)
+        table.add_row(sid, worker, str(tr.status), str(attempts), f"{tr.wall_s:.2f}", str(why)[:160])
     Console(file=console, width=120 if not console.isatty() else None, highlight=False).print(table)

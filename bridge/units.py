@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,6 +54,10 @@ class UnitRun:
     row: int | None = None
     files: AttemptFiles | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    decided_at: float = field(default_factory=time.monotonic)  # its trace's wall_s runs from here
+
+    def stop_clock(self) -> None:
+        self.trace.wall_s = round(time.monotonic() - self.decided_at, 4)
 
     @property
     def label(self) -> str:
