@@ -14,7 +14,6 @@ import queue
 import subprocess
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any
 
 from . import safefs
 from .answer import WORKER_EXIT_CODES, AttemptOutcome, classify, exit_text, single_json, tail_text
-from .process import STDERR_TAIL_LINES, ProcessResult, WorkerEventHandler, _worker_event
+from .process import _STDERR_LINE_BYTES, ProcessResult, WorkerEventHandler, _StderrReader
 from .proctree import ProcessTree, popen_kwargs, stop_worker
 from .schemas import SchemaStore
 from .worker_client import AttemptFiles
@@ -38,6 +37,32 @@ class WarmState(str, Enum):
     DEAD = "dead"
 
 
+class _RoutedStderr(_StderrReader):
+    """The one-shot stderr relay (events to a handler, noise to a tail, lines to stderr.log), routed to the
+    request in flight: its stderr.log and its event handler; between requests, to the tail only."""
+
+    def __init__(self, stream):
+        super().__init__(stream, None, None)
+        self._lock = threading.Lock()
+
+    def route(self, log_path: Path | None, on_event: WorkerEventHandler | None) -> None:
+        with self._lock:
+            self._log_path, self._on_event = log_path, on_event
+
+    def run(self) -> None:
+        while raw := self._stream.readline(_STDERR_LINE_BYTES):
+            with self._lock:
+                log_path = self._log_path
+            if log_path is not None:
+                try:
+                    with safefs.open_append_binary(log_path) as log:
+                        log.write(raw)
+                except (OSError, safefs.UnsafePath):
+                    pass  # the relay goes on: a full pipe would block the worker
+            with self._lock:
+                self._handle(raw.decode("utf-8", "replace").rstrip("\r\n"))
+
+
 class ServeClient:
     def __init__(self, argv: list[str], *, cwd: Path, env: dict[str, str], kill_grace_s: float,
                  spawn: Callable[[Callable[[], subprocess.Popen]], subprocess.Popen]):
@@ -47,16 +72,14 @@ class ServeClient:
         self.idle_since = time.monotonic()
         self.requests_served = 0
         self._lines: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
-        self._tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
-        self._on_event: WorkerEventHandler | None = None
-        self._stderr_log: Path | None = None
-        self._lock = threading.Lock()
         # Spawned by the pool's long-lived thread: the death signal fires when the *thread* that forked ends.
         self.proc = spawn(lambda: subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                                    stderr=subprocess.PIPE, cwd=str(cwd), env=env, **popen_kwargs()))
         self.tree = ProcessTree(self.proc.pid)
+        self._stderr = _RoutedStderr(self.proc.stderr)
+        self._tail = self._stderr.tail
         threading.Thread(target=self._read_stdout, daemon=True).start()
-        threading.Thread(target=self._read_stderr, daemon=True).start()
+        self._stderr.start()
 
     @property
     def pid(self) -> int:
@@ -68,28 +91,6 @@ class ServeClient:
         for line in self.proc.stdout:
             self._lines.put(line)
         self._lines.put(None)  # EOF: the process is gone (or closed stdout, which is as bad)
-
-    def _read_stderr(self) -> None:
-        assert self.proc.stderr is not None
-        for raw in self.proc.stderr:
-            with self._lock:
-                log, on_event = self._stderr_log, self._on_event
-            if log is not None:
-                try:
-                    with safefs.open_append_binary(log) as f:
-                        f.write(raw)
-                except (OSError, safefs.UnsafePath):
-                    pass
-            line = raw.decode("utf-8", "replace").rstrip("\r\n")
-            event = _worker_event(line)
-            if event is None:
-                if line.strip():
-                    self._tail.append(line[:2000])
-            elif on_event is not None:
-                try:
-                    on_event(event)
-                except Exception:  # noqa: BLE001 - a listener must not kill the reader
-                    pass
 
     # lifecycle ----------------------------------------------------------------------------------------------
     def wait_ready(self, timeout_s: float, cancel: threading.Event) -> str | None:
@@ -125,8 +126,7 @@ class ServeClient:
         self.state = WarmState.BUSY
         files.args_file.parent.mkdir()
         safefs.write_new(files.args_file, json.dumps(args, ensure_ascii=False, indent=1).encode("utf-8"))
-        with self._lock:
-            self._on_event, self._stderr_log = on_event, files.stderr_log
+        self._stderr.route(files.stderr_log, on_event)
         started = time.monotonic()
         try:
             self._send({"op": "run", "id": request_id, "args": args})
@@ -134,8 +134,7 @@ class ServeClient:
         except (OSError, ValueError) as exc:
             doc, why = None, f"crash: cannot send the request: {exc}"
         finally:
-            with self._lock:
-                self._on_event, self._stderr_log = None, None
+            self._stderr.route(None, None)
         wall_s = round(time.monotonic() - started, 4)
         if doc is None:
             return self._failed(why or "crash", wall_s, timeout_s)

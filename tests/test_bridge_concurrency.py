@@ -9,7 +9,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from bridge_helpers import REPO, run_runner, schema_dir, trace, write_manifest
+from bridge_helpers import REPO, events, run_runner, schema_dir, trace, write_manifest
 
 from bridge.cli import main
 from bridge.gpus import parse_gpus
@@ -169,6 +169,10 @@ def test_ten_items_share_one_warm_process_and_one_model_load(tmp_path, schemas):
     assert len(loads.read_text().splitlines()) == 1  # "big" loaded once, for all 10 items
     attempts = trace(tmp_path / "t.work")["steps"]["each"]["items"]
     assert all(it["attempts"][0]["warm"] for it in attempts)
+    relayed = [e for e in events(tmp_path / "t.work") if e["event"] == "progress" and e["step"] == "each"]
+    assert sorted(e["item"] for e in relayed) == list(range(10))  # each request's progress, to its own item
+    logs = list((tmp_path / "t.work" / ".bridge" / "attempts").glob("each.*/stderr.log"))
+    assert len(logs) == 10 and all('"started"' in p.read_text() for p in logs)
 
 
 def test_no_warm_and_one_shot_workers_start_a_process_per_attempt(tmp_path, schemas):
@@ -260,3 +264,20 @@ def test_an_output_is_hashed_once_then_memoised_across_commit_and_resume(tmp_pat
     (tmp_path / "t.work" / "steps" / "a" / "out.txt").write_text('"z"')  # same size, new content and mtime
     code, out, _ = run_runner(m, schemas, explain=True)
     assert "run     a: output corrupt" in out
+
+
+@pytest.mark.parametrize(("idle_s", "same_process"), [(0.3, False), (60, True)])
+def test_a_warm_worker_idle_past_warm_idle_s_is_shut_down(tmp_path, schemas, idle_s, same_process):
+    log = tmp_path / "jobs.log"
+    doc = pool_manifest([
+        {"id": "a", "worker": "pool", "args": {"tag": "a", "log_file": str(log)}, "ignore_input_files": ["log_file"]},
+        {"id": "pause", "worker": "cold", "needs": ["a"], "args": {"sleep_s": 1.5}},
+        {"id": "c", "worker": "pool", "needs": ["pause"], "args": {"tag": "c", "log_file": str(log)},
+         "ignore_input_files": ["log_file"]}], one_shot=False)
+    doc["workers"]["cold"] = [sys.executable, POOL, "--one-shot"]
+    code, out, _ = run_runner(write_manifest(tmp_path, doc), schemas, jobs=1, warm_idle_s=idle_s)
+    assert code == EXIT_OK, out
+    a, c = jobs_log(log)
+    assert (a["pid"] == c["pid"]) is same_process
+    if not same_process:
+        assert not psutil.pid_exists(a["pid"]) or psutil.Process(a["pid"]).status() == psutil.STATUS_ZOMBIE

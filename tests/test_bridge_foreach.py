@@ -149,3 +149,18 @@ def test_ctrl_c_stops_every_running_item(tmp_path, schemas, warm):
     assert t["status"] == "interrupted"
     assert sorted(it["status"] for it in t["items"]) == ["interrupted", "interrupted"]
     assert rows(work, "SELECT count(*) FROM attempts WHERE status='running'") == [(0,)]
+
+
+def test_validate_names_foreach_and_item_mistakes(tmp_path, capsys):
+    from bridge.cli import main
+
+    doc = pool_manifest([
+        {"id": "list", "worker": "pool", "args": {"items": [1], "oops": "${item}"}},
+        {"id": "a", "worker": "pool", "foreach": "${steps.nowhere.result}", "args": {}},
+        {"id": "b", "worker": "pool", "foreach": "${steps.list.result.items}", "args": {"x": "scene ${index}"}},
+        {"id": "c", "worker": "pool", "foreach": "${steps.c.result}"},
+    ])
+    assert main(["validate", str(write_manifest(tmp_path, doc)), "--json"]) == 2
+    errors = {(e["path"], e["type"]) for e in json.loads(capsys.readouterr().out)["errors"]}
+    assert errors == {("$.steps[0].args.oops", "item_outside_foreach"), ("$.steps[1].foreach", "unknown_step"),
+                      ("$.steps[2].args.x", "bad_reference"), ("$.steps[3].foreach", "self_reference")}
