@@ -281,3 +281,19 @@ def test_a_warm_worker_idle_past_warm_idle_s_is_shut_down(tmp_path, schemas, idl
     assert (a["pid"] == c["pid"]) is same_process
     if not same_process:
         assert not psutil.pid_exists(a["pid"]) or psutil.Process(a["pid"]).status() == psutil.STATUS_ZOMBIE
+
+
+def test_requests_go_to_the_warm_process_that_holds_their_model(tmp_path, schemas):
+    loads, log = tmp_path / "loads.log", tmp_path / "jobs.log"
+    common = {"loads_file": str(loads), "log_file": str(log), "sleep_s": 0.3}
+    ignore = ["loads_file", "log_file"]
+    first = [{"id": f"{m}1", "worker": "pool", "args": {"model": m, "tag": f"{m}1", **common},
+              "ignore_input_files": ignore} for m in ("A", "B")]
+    second = [{"id": f"{m}2", "worker": "pool", "needs": ["A1", "B1"], "ignore_input_files": ignore,
+               "args": {"model": m, "tag": f"{m}2", **common}} for m in ("B", "A")]
+    code, out, _ = run_runner(write_manifest(tmp_path, pool_manifest(first + second, one_shot=False)), schemas,
+                              jobs=2)
+    assert code == EXIT_OK, out
+    assert sorted(line.split()[1] for line in loads.read_text().splitlines()) == ["A", "B"]  # no reload
+    pid = {j["tag"]: j["pid"] for j in jobs_log(log)}
+    assert pid["A1"] == pid["A2"] and pid["B1"] == pid["B2"] and pid["A1"] != pid["B1"]

@@ -164,3 +164,16 @@ def test_validate_names_foreach_and_item_mistakes(tmp_path, capsys):
     errors = {(e["path"], e["type"]) for e in json.loads(capsys.readouterr().out)["errors"]}
     assert errors == {("$.steps[0].args.oops", "item_outside_foreach"), ("$.steps[1].foreach", "unknown_step"),
                       ("$.steps[2].args.x", "bad_reference"), ("$.steps[3].foreach", "self_reference")}
+
+
+def test_only_a_streaming_step_uses_its_committed_upstream_items(tmp_path, schemas):
+    log, work = tmp_path / "jobs.log", tmp_path / "t.work"
+    m = write_manifest(tmp_path, fan_manifest(log, ITEMS))
+    assert run_runner(m, schemas, jobs=2)[0] == EXIT_OK
+    log.unlink()
+    code, out, _ = run_runner(m, schemas, only={"down"}, force={"down"}, explain=True)
+    assert code == EXIT_OK, out
+    assert sorted(j["tag"] for j in jobs_log(log)) == ITEMS  # down's five items; up is not run
+    assert "run     down[4]: forced (--force)" in out and "up[" not in out
+    t = trace(work)["steps"]
+    assert t["up"]["status"] == "not_selected" and t["down"]["status"] == "committed"
