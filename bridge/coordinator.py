@@ -251,7 +251,7 @@ class Coordinator:
         record = {"attempt": run.attempt, "status": execute.attempt_state(outcome).value,
                   "exit_code": outcome.exit_code, "error_kind": outcome.kind, "message": outcome.message or None,
                   "wall_s": outcome.wall_s, "peak_rss_mb": outcome.peak_rss_mb, "warnings": outcome.warnings,
-                  "warm": warm, **run.extra}
+                  "warm": warm, "metrics": (outcome.envelope or {}).get("metrics"), **run.extra}
         run.trace.attempts.append(record)
         ctx.events.emit("attempt_end", **run.ids(), **record)
         if committed is not None:

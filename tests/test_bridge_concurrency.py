@@ -297,3 +297,16 @@ def test_requests_go_to_the_warm_process_that_holds_their_model(tmp_path, schema
     assert sorted(line.split()[1] for line in loads.read_text().splitlines()) == ["A", "B"]  # no reload
     pid = {j["tag"]: j["pid"] for j in jobs_log(log)}
     assert pid["A1"] == pid["A2"] and pid["B1"] == pid["B2"] and pid["A1"] != pid["B1"]
+
+
+def test_ten_items_through_a_runtime_worker_load_its_model_once(tmp_path, schemas):
+    steps = [{"id": "list", "worker": "pool", "args": {"items": list(range(10))}},
+             {"id": "each", "worker": "fixture", "foreach": "${steps.list.result.items}",
+              "args": {"echo": "${item}", "outputs": {"o.txt": "x"}}}]
+    doc = pool_manifest(steps)
+    doc["workers"]["fixture"] = [sys.executable, str(REPO / "tests" / "fixtures" / "fixture_worker.py")]
+    code, out, _ = run_runner(write_manifest(tmp_path, doc), schemas, jobs=1)
+    assert code == EXIT_OK, out
+    metrics = [it["attempts"][0]["metrics"] for it in trace(tmp_path / "t.work")["steps"]["each"]["items"]]
+    assert [m["model_loads"] for m in metrics] == [1] * 10  # one process, one load, ten items
+    assert [m["model_cache_hit"] for m in metrics] == [False] + [True] * 9
