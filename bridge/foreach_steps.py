@@ -6,6 +6,7 @@ for the argument syntax and streaming.
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +24,7 @@ class ForeachSteps:
         self.chosen: set[str] = set()
         self.counts: dict[str, int] = {}
         self.values: dict[str, list[Any]] = {}  # the list of a step that does not stream
+        self.expanded_at: dict[str, float] = {}
 
     def value(self, sid: str, item: int) -> Any:
         """What `${item}` stands for in item `item` of `sid`."""
@@ -52,6 +54,7 @@ class ForeachSteps:
             count = len(self.values[sid])
         self._prepare_workdir(sid, count)
         self.counts[sid] = count
+        self.expanded_at[sid] = time.monotonic()
         self._step_trace(sid)
         co.ctx.events.emit("foreach_start", step=sid, items=count, streaming_from=source)
         for i in range(count):
@@ -98,7 +101,7 @@ class ForeachSteps:
         missing = {s: [i for i in range(count) if items.get(i) and items[i].status == s]
                    for s in (State.FAILED, State.SKIPPED, State.INTERRUPTED)}
         tr.attempts = []
-        tr.wall_s = round(sum(t.wall_s for t in items.values()), 4)
+        tr.wall_s = round(time.monotonic() - self.expanded_at.get(sid, time.monotonic()), 4)
         if not any(missing.values()):
             co.planner.gather_items(sid, count)
             cached = count > 0 and all(t.status == State.CACHED for t in items.values())
