@@ -54,7 +54,6 @@ class WarmPoolExecutor:
         self._closed = threading.Event()
         self._reaper = threading.Thread(target=self._reap_idle, daemon=True, name="warm-reaper")
         self._reaper.start()
-        self.started_processes = 0
 
     def _warm(self, worker: str) -> WorkerIdentity | None:
         found = self.identities.get(worker)
@@ -91,7 +90,6 @@ class WarmPoolExecutor:
                 return same[0], None
         client = ServeClient([*request.prefix, "--serve"], cwd=request.cwd, env=request.env,
                              kill_grace_s=request.kill_grace_s, spawn=lambda f: self._spawner.submit(f).result())
-        self.started_processes += 1
         why = client.wait_ready(READY_TIMEOUT_S, self.cancel)
         return (None, why) if why else (_Slot(client, request.worker, devices), None)
 
