@@ -58,7 +58,7 @@ class Coordinator:
             if stuck and not self.ctx.cancel.is_set():
                 raise RuntimeError(f"scheduler bug: {len(stuck)} unit(s) never became ready, e.g. {stuck[:3]}")
             for tr in self.trace.values():
-                if tr.status == "pending":  # interrupted: a foreach step with items still to go
+                if tr.status == State.PENDING:  # interrupted: a foreach step with items still to go
                     tr.status = State.INTERRUPTED
         except BaseException:
             self.ctx.cancel.set()  # the workers must not outlive a runner that failed
@@ -149,17 +149,17 @@ class Coordinator:
         tr.reason, tr.cache_key = d.reason, d.key
         if ctx.explain:
             ctx.say(f"{d.action.value:<7} {d.label}: {d.reason}")
+        if d.action != Action.RUN:
+            tr.status = d.action.leads_to  # cached | skipped | failed
         if d.action == Action.SKIP:
             self.planner.use_committed(sid, d.record)
             ctx.state.mark_cache_hit(sid, item)
-            tr.status, tr.cache_hit = State.CACHED, True
+            tr.cache_hit = True
             ctx.events.emit("step_skipped", **ids, reason=d.reason, cache_hit=True, key=d.key)
         elif d.action == Action.BLOCKED:
-            tr.status = State.SKIPPED
             self.planner.failed[d.label] = d.reason
             ctx.events.emit("step_skipped", **ids, reason=d.reason, cache_hit=False)
         elif d.action == Action.FAIL:
-            tr.status = State.FAILED
             tr.error = {"kind": d.kind, "message": d.reason, "retryable": False, "exit_code": d.exit_code}
             self.planner.failed[d.label] = d.reason
             ctx.state.mark_failed(sid, d.key, tr.error, item=item)
@@ -175,7 +175,8 @@ class Coordinator:
         run = UnitRun(node=node, sid=d.step, item=d.item, decision=d, trace=tr,
                       policy=step.retry_policy(self.ctx.m.manifest.defaults), timeout_s=self.ctx.m.timeout_s(step))
         self.active[node] = run
-        self.ctx.state.mark_running(run.sid, d.key, item=run.item)
+        tr.status = d.action.leads_to  # waiting (for a slot)
+        self.ctx.state.mark_waiting(run.sid, d.key, item=run.item)
         self.ctx.events.emit("step_start", **run.ids(), worker=step.worker, reason=d.reason, key=d.key,
                              max_attempts=run.policy.max_attempts, timeout_s=run.timeout_s)
         self.scheduler.enqueue(node, step.resources, time.monotonic())
@@ -193,6 +194,8 @@ class Coordinator:
         run.grant = grant
         tag = run.sid if run.item == WHOLE_STEP else f"{run.sid}.{run.item}"
         run.files = execute.prepare_attempt(ctx.wd, tag, run.attempt)
+        run.trace.status = State.RUNNING
+        ctx.state.mark_running(run.sid, run.decision.key, item=run.item)
         staging = run.files.staging_dir
         run.row = ctx.state.start_attempt(ctx.run_id, run.sid, run.attempt, run.decision.key, str(staging),
                                           item=run.item, devices=grant.devices, queue_wait_s=round(waited_s, 4))
@@ -267,6 +270,8 @@ class Coordinator:
             delay = execute.backoff_s(run.policy, run.attempt, ctx.rng.random())
             ctx.events.emit("retry_scheduled", **run.ids(), attempt=run.attempt, next_attempt=run.attempt + 1,
                             delay_s=round(delay, 3), error_kind=outcome.kind, message=outcome.message)
+            run.trace.status = State.WAITING
+            ctx.state.mark_waiting(run.sid, run.decision.key, item=run.item)
             self.scheduler.defer(run.node, ctx.m.steps[run.sid].resources, time.monotonic() + delay)
         else:
             self._give_up(run, outcome)
@@ -299,9 +304,9 @@ class Coordinator:
     def mark_unsettled(self, status: State, error: dict[str, Any]) -> None:
         """Units in flight when the runner failed get the real outcome in the trace (state.db: the runner)."""
         for run in self.active.values():
-            if run.trace.status == "pending":
+            if run.trace.status in (State.PENDING, State.WAITING, State.RUNNING):
                 run.trace.status, run.trace.error = status, error
                 self.ctx.state.mark_failed(run.sid, run.decision.key, error, status=status.value, item=run.item)
         for tr in self.trace.values():
-            if tr.status == "pending":  # a foreach step whose items were in flight
+            if tr.status == State.PENDING:  # a foreach step whose items were in flight
                 tr.status = status

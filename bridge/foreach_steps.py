@@ -94,7 +94,7 @@ class ForeachSteps:
         """Every item settled: the step produced (all items did) or not (the items without result are named)."""
         co = self.co
         tr = co.trace[sid]
-        if tr.status != "pending":  # settled early
+        if tr.status != State.PENDING:  # settled early
             return
         items = tr.items or {}
         count = self.counts.get(sid, 0)

@@ -12,8 +12,8 @@ from . import safefs
 
 @dataclass
 class StepTrace:
-    # a bridge.states.State value: committed | cached | failed | skipped | interrupted | not_selected, and
-    # "pending" only while the unit is being decided or run (an uncaught exception turns it into failed or
+    # a bridge.states.State value: committed | cached | failed | skipped | interrupted | not_selected once
+    # settled; pending, waiting or running before (an uncaught exception turns those into failed or
     # interrupted). For a foreach step, `items` holds one StepTrace per item.
     status: str = "pending"
     reason: str = ""

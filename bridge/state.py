@@ -122,7 +122,8 @@ class StateDB:
         with self._transaction():
             self.db.execute("UPDATE attempts SET status='abandoned', ended_at=?, error_kind='interrupted', "
                             "message='the runner stopped while this attempt ran' WHERE status='running'", (now,))
-            self.db.execute("UPDATE steps SET status='interrupted', updated_at=? WHERE status='running'", (now,))
+            self.db.execute("UPDATE steps SET status='interrupted', updated_at=? WHERE status IN ('running', 'waiting')",
+                            (now,))
             self.db.execute("UPDATE runs SET status='abandoned', ended_at=? WHERE status='running'", (now,))
         return [AbandonedAttempt(*row) for row in rows]
 
@@ -132,7 +133,8 @@ class StateDB:
         with self._transaction():
             self.db.execute("UPDATE attempts SET status=?, ended_at=?, error_kind=?, message=?, retryable=0 "
                             "WHERE run_id=? AND status='running'", (status, now, error["kind"], error["message"], run_id))
-            self.db.execute("UPDATE steps SET status=?, last_error=?, updated_at=? WHERE status='running'",
+            self.db.execute("UPDATE steps SET status=?, last_error=?, updated_at=? "
+                            "WHERE status IN ('running', 'waiting')",
                             (status, _dump(error), now))
 
     # steps --------------------------------------------------------------------------------------------
@@ -165,6 +167,10 @@ class StateDB:
 
     def mark_running(self, step_id: str, key: str, item: int = WHOLE_STEP) -> None:
         self._upsert_status(step_id, item, "running", key, None)
+
+    def mark_waiting(self, step_id: str, key: str, item: int = WHOLE_STEP) -> None:
+        """Decided to run; queued for a slot (or backing off before a retry)."""
+        self._upsert_status(step_id, item, "waiting", key, None)
 
     def mark_failed(self, step_id: str, key: str | None, error: dict[str, Any], status: str = "failed",
                     item: int = WHOLE_STEP) -> None:
