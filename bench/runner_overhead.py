@@ -5,7 +5,7 @@
 Printed in one run:
   1. a 200-step no-op DAG, independent and chained, through `python -m bridge run` and through Snakemake
      (installed by this script into a throwaway venv; skipped with a note when it cannot be installed):
-     wall time, per-step overhead, and the ratio;
+     wall time, per-step overhead, and the ratio; and the runner again with a warm no-op worker;
   2. the resume of a fully committed 1,000-step manifest (every step a cache hit): the CLI's wall time and
      the runner's own time in-process (interpreter start and imports left out);
   3. 20 items through a worker whose model load takes 1 s: one process per item (`--no-warm`) vs the pool.
@@ -57,18 +57,21 @@ def _env() -> dict[str, str]:
     return env
 
 
-def noop_manifest(tmp: Path, n: int, chained: bool, name: str) -> Path:
-    steps = [{"id": f"s{i}", "worker": "noop", **({"needs": [f"s{i - 1}"]} if chained and i else {})}
+def noop_manifest(tmp: Path, n: int, chained: bool, name: str, warm: bool = False) -> Path:
+    """`noop`: the /bin/sh worker (a process per step); `warm`: tests/fixtures/pool_worker.py, served warm."""
+    worker = "pool" if warm else "noop"
+    steps = [{"id": f"s{i}", "worker": worker, **({"needs": [f"s{i - 1}"]} if chained and i else {})}
              for i in range(n)]
+    argv = [sys.executable, POOL] if warm else ["/bin/sh", str(tmp / "noop.sh")]
     doc = {"version": 1, "name": name, "defaults": {"retry": {"max_attempts": 1}},
-           "workers": {"noop": ["/bin/sh", str(tmp / "noop.sh")]}, "steps": steps}
+           "workers": {worker: argv}, "steps": steps}
     path = tmp / f"{name}.json"
     path.write_text(json.dumps(doc), encoding="utf-8")
     return path
 
 
-def runner_wall(tmp: Path, n: int, chained: bool, jobs: int) -> float:
-    path = noop_manifest(tmp, n, chained, f"{'chain' if chained else 'indep'}{n}")
+def runner_wall(tmp: Path, n: int, chained: bool, jobs: int, warm: bool = False) -> float:
+    path = noop_manifest(tmp, n, chained, f"{'chain' if chained else 'indep'}{n}{'w' if warm else ''}", warm)
     return _run([sys.executable, "-m", "bridge", "run", str(path), "--jobs", str(jobs), "--quiet"], tmp, _env())
 
 
@@ -112,16 +115,20 @@ def snakemake_wall(smk: Path, tmp: Path, n: int, chained: bool, jobs: int) -> fl
 def compare(tmp: Path, n: int, jobs: int, with_snakemake: bool) -> None:
     smk, why = snakemake_bin(tmp) if with_snakemake else (None, "skipped (--no-snakemake)")
     print(f"== {n}-step no-op DAG, --jobs {jobs} (per-step overhead = wall / steps, process start included)")
-    print(f"{'shape':<12}{'runner s':>10}{'ms/step':>9}{'snakemake s':>13}{'ms/step':>9}{'ratio':>8}")
+    print(f"{'shape':<12}{'runner s':>10}{'ms/step':>9}{'snakemake s':>13}{'ms/step':>9}{'ratio':>8}"
+          f"{'warm runner s':>15}{'ms/step':>9}{'ratio':>8}")
     for chained in (False, True):
         ours = runner_wall(tmp, n, chained, jobs)
+        warm = runner_wall(tmp, n, chained, jobs, warm=True)
         theirs = snakemake_wall(smk, tmp, n, chained, jobs) if smk else None
         cells = [f"{'chain' if chained else 'independent':<12}", f"{ours:>10.2f}", f"{ours / n * 1000:>9.1f}"]
         if theirs is None:
             cells += [f"{'-':>13}", f"{'-':>9}", f"{'-':>8}"]
         else:
             cells += [f"{theirs:>13.2f}", f"{theirs / n * 1000:>9.1f}", f"{theirs / ours:>7.1f}x"]
+        cells += [f"{warm:>15.2f}", f"{warm / n * 1000:>9.1f}", f"{theirs / warm:>7.1f}x" if theirs else f"{'-':>8}"]
         print("".join(cells))
+    print("warm runner: the same DAG through tests/fixtures/pool_worker.py served warm (no process per step)")
     if smk is None:
         print(f"snakemake: {why}")
 
