@@ -54,9 +54,11 @@ class ResumeNeeds:
 
 def resume_needs(wd: Workdir, state: StateDB) -> ResumeNeeds:
     """The one place that knows which files the records name: adapt it when the workdir layout changes."""
-    records = [state.step(row[0]) for row in state.db.execute("SELECT step_id FROM steps")]
+    records = [state.step(sid, item) for sid, item in state.db.execute("SELECT step_id, item FROM steps")]
     return ResumeNeeds(
-        committed_dirs=frozenset(Path(r.committed_dir).name for r in records if r and r.committed and r.committed_dir),
+        # a foreach item commits into steps/ID/N: keep its step's directory (item -1 is a whole step)
+        committed_dirs=frozenset(Path(r.committed_dir).parent.name if r.item >= 0 else Path(r.committed_dir).name
+                                 for r in records if r and r.committed and r.committed_dir),
         result_files=frozenset(r.result_file["name"] for r in records if r and r.result_file))
 
 

@@ -81,7 +81,7 @@ namespace StoryBridge
 
     public static class Contract
     {
-        public const string Version = "1.1.0";
+        public const string Version = "1.2.0";
 
         /// <summary>Exit code per error kind (docs/contract.md). 1 or a signal means: crashed, no answer.</summary>
         public static readonly Dictionary<string, int> ExitCodes = new Dictionary<string, int>
