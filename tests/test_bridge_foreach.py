@@ -177,3 +177,21 @@ def test_only_a_streaming_step_uses_its_committed_upstream_items(tmp_path, schem
     assert "run     down[4]: forced (--force)" in out and "up[" not in out
     t = trace(work)["steps"]
     assert t["up"]["status"] == "not_selected" and t["down"]["status"] == "committed"
+
+
+def test_clean_keeps_every_committed_item_and_a_resume_after_it_runs_nothing(tmp_path, schemas, capsys):
+    from bridge import front
+
+    log, work = tmp_path / "jobs.log", tmp_path / "t.work"
+    m = write_manifest(tmp_path, fan_manifest(log, ITEMS))
+    assert run_runner(m, schemas, jobs=2)[0] == EXIT_OK
+    items_before = sorted(p.relative_to(work).as_posix() for p in (work / "steps").glob("*/*/out.txt"))
+    assert len(items_before) == 10  # up/0..4 and down/0..4
+
+    assert front.main(["clean", str(work), "--keep-last", "0", "--json"]) == 0
+    capsys.readouterr()
+    assert sorted(p.relative_to(work).as_posix() for p in (work / "steps").glob("*/*/out.txt")) == items_before
+    log.unlink()
+    code, out, _ = run_runner(m, schemas, jobs=2, explain=True)
+    assert code == EXIT_OK, out
+    assert not log.exists()  # every item a cache hit: no worker ran
