@@ -129,10 +129,7 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m bridge", description="storybridge reference runner")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _add_schema(sub) -> None:
     schema = sub.add_parser("schema", help="check or regenerate the committed JSON schemas")
     group = schema.add_mutually_exclusive_group(required=True)
     group.add_argument("--check", action="store_true", help="exit 1 when schemas/ differs from the models")
@@ -140,12 +137,16 @@ def build_parser() -> argparse.ArgumentParser:
     schema.add_argument("--dir", help="schema directory (default: the repository's schemas/)")
     schema.set_defaults(func=_schema)
 
+
+def _add_validate(sub) -> None:
     validate = sub.add_parser("validate", help="check a manifest; every problem is listed with its JSON path (exit 2)")
     validate.add_argument("manifest")
     validate.add_argument("--json", action="store_true", help="print the result as one JSON document")
     validate.add_argument("--gpus", metavar="SPEC", type=_gpu_spec, help=GPUS_HELP)
     validate.set_defaults(func=_validate)
 
+
+def _add_run(sub) -> None:
     run = sub.add_parser("run", help="run a manifest (resumes by default: committed steps that verify are skipped)",
                          description="Exit codes: 0 ok, 1 a step failed, 2 invalid manifest or selection, "
                          "3 workdir locked by another runner, 4 setup error (schemas missing), 130 interrupted.")
@@ -170,6 +171,17 @@ def build_parser() -> argparse.ArgumentParser:
                      help="shut down a warm worker idle for S seconds (default 60)")
     run.add_argument("--quiet", "-q", action="store_true", help="print only failures and the final line")
     run.set_defaults(func=_run)
+
+
+#: The runner's commands, each added to a subparsers action: ours below, or the `storybridge` front door's.
+RUNNER_COMMANDS = {"schema": _add_schema, "validate": _add_validate, "run": _add_run}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bridge", description="storybridge reference runner")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in RUNNER_COMMANDS.values():
+        add(sub)
     return parser
 
 
