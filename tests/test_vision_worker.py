@@ -233,6 +233,9 @@ class _Tokenizer:
     def convert_ids_to_tokens(self, ids):
         return [self.pieces[i] for i in ids]
 
+    def get_vocab(self):
+        return {piece: i for i, piece in enumerate(self.pieces)}
+
 
 def test_answer_tokens_prefer_whole_words_and_fall_back_to_distinct_first_pieces():
     from workers.vision.llava import answer_tokens
@@ -242,9 +245,11 @@ def test_answer_tokens_prefer_whole_words_and_fall_back_to_distinct_first_pieces
              for w in words}
     llama.update({" " + w: ["▁", "▁" + w] for w in ("Yes", "yes", "No", "no")})
     llama.update({"NO": ["▁NO"], " NO": ["▁", "▁NO"]})
+    llama["YES"] = llama[" YES"] = ["▁Y", "ES"]
+    llama["Yo"] = ["▁YES"]  # in the vocabulary, though no variant encodes to it
     tokens = answer_tokens(_Tokenizer(llama))
     assert tokens.whole_words
-    assert tokens.yes_tokens == ["▁Yes", "▁yes"] and tokens.no_tokens == ["▁No", "▁no", "▁NO"]
+    assert tokens.yes_tokens == ["▁Yes", "▁yes", "▁YES"] and tokens.no_tokens == ["▁No", "▁no", "▁NO"]
 
     pieces = {w: ([" "] if w.startswith(" ") else []) + list(w.strip()) for w in words}
     tokens = answer_tokens(_Tokenizer(pieces))
@@ -299,3 +304,92 @@ def test_a_missing_or_foreign_model_is_model_unavailable(tmp_path, images):
                                            "output_dir": str(tmp_path / "out")})
         assert code == 3 and doc["error"]["kind"] == "model_unavailable" and text in doc["error"]["message"]
         assert not (tmp_path / "out").exists()
+
+
+# --- review fixes: control tokens in text, broken weights, the warm key, explain's question, EXIF, overflow --------
+
+def test_a_control_token_in_user_text_is_invalid_input_not_a_crash(tiny_llava, images, tmp_path):
+    args = validate_args(tiny_llava, tmp_path / "o", images[:2])
+    args["images"][1]["expected"] = "a <image> of a fox"
+    envelope, code = _execute(args)
+    assert code == 2 and envelope.error.kind == "invalid_input"
+    assert [e["path"] for e in envelope.error.details["field_errors"]] == ["$.images[1].expected"]
+    assert "'<image>'" in envelope.error.message and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated_weights", "mismatched_config"])
+def test_damaged_weights_are_model_unavailable(tiny_llava, images, tmp_path, damage):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_llava, broken)
+    if damage == "truncated_weights":
+        with open(broken / "model.safetensors", "r+b") as f:
+            f.truncate(1000)
+    else:
+        config = json.loads((broken / "config.json").read_text())
+        config["text_config"]["hidden_size"] = 64
+        (broken / "config.json").write_text(json.dumps(config))
+    envelope, code = _execute({"images": [str(images[1])], "task": "caption", "model": str(broken),
+                               "output_dir": str(tmp_path / "o")})
+    assert code == 3 and envelope.error.kind == "model_unavailable", envelope.error
+    assert "cannot load" in envelope.error.message
+
+
+def test_equivalent_device_and_dtype_spellings_share_one_loaded_model(tiny_llava, images, tmp_path):
+    from workers.runtime.cache import ModelCache
+
+    cache = ModelCache()
+    hits = []
+    for device, dtype in (("cpu", "auto"), ("auto", "auto"), ("cpu", "float32"), ("auto", "float32")):
+        envelope, code = _execute({"images": [str(images[1])], "task": "caption", "model": str(tiny_llava),
+                                   "output_dir": str(tmp_path / f"{device}-{dtype}"), "max_new_tokens": 2,
+                                   "device": device, "dtype": dtype}, cache)
+        assert code == 0, envelope.error
+        hits.append(envelope.metrics.model_cache_hit)
+    assert hits == [False, True, True, True]
+
+
+def test_explain_asks_the_templates_question_at_length(tiny_llava, images, tmp_path, monkeypatch):
+    from workers.vision import scoring
+
+    asked = []
+    monkeypatch.setattr(scoring, "generate", lambda model, imgs, questions, n: asked.extend(questions)
+                        or ["because"] * len(questions))
+    args = validate_args(tiny_llava, tmp_path / "o", images[1:2], explain=True,
+                         validate_template="Is {expected} clearly visible? Answer the question using a single word "
+                                           "or phrase.")
+    envelope, code = _execute(args)
+    assert code == 0 and envelope.result["items"][0]["reason"] == "because"
+    assert asked == ["Is a red fox standing in deep snow at sunset clearly visible? Answer yes or no, then give the "
+                     "reason in one sentence."]
+
+
+def test_exif_orientation_is_applied_before_the_model_sees_the_image(tiny_llava, tmp_path):
+    from PIL import Image
+
+    photo = tmp_path / "phone.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: display rotated 90 degrees clockwise
+    Image.new("RGB", (64, 48), (10, 200, 10)).save(photo, exif=exif)
+    envelope, code = _execute({"images": [str(photo)], "task": "caption", "model": str(tiny_llava),
+                               "output_dir": str(tmp_path / "o"), "max_new_tokens": 2})
+    assert code == 0
+    item = envelope.result["items"][0]
+    assert (item["width"], item["height"]) == (48, 64)
+
+
+def test_non_finite_logits_are_a_clear_error_not_a_schema_crash(tiny_llava, images, tmp_path, monkeypatch):
+    import torch
+    from transformers import LlavaForConditionalGeneration
+
+    original = LlavaForConditionalGeneration.forward
+
+    def overflowing(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        out.logits = torch.full_like(out.logits, float("nan"))
+        return out
+
+    monkeypatch.setattr(LlavaForConditionalGeneration, "forward", overflowing)
+    envelope, code = _execute(validate_args(tiny_llava, tmp_path / "o", images[:1]))
+    assert code == 7 and envelope.error.kind == "internal" and "bfloat16 or float32" in envelope.error.message

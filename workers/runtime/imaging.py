@@ -43,14 +43,20 @@ def image_problem(path: Path) -> str | None:
     return None
 
 
-def load_rgb(path: str | Path, max_side: int | None = None):
-    """The image at `path` as RGB; downscaled (Lanczos, aspect kept) so its long side is at most `max_side`."""
-    from PIL import Image
+def load_rgb(path: str | Path):
+    """The image at `path` as RGB, turned upright as its EXIF orientation says (phone photos are stored sideways)."""
+    from PIL import Image, ImageOps
 
     with Image.open(Path(path).expanduser()) as image:
-        rgb = image.convert("RGB")
-    if max_side is not None and max(rgb.size) > max_side:
-        scale = max_side / max(rgb.size)
-        rgb = rgb.resize((max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale))),
-                         Image.Resampling.LANCZOS)
-    return rgb
+        return ImageOps.exif_transpose(image).convert("RGB")
+
+
+def downscale(image, max_side: int):
+    """`image` with its long side at most `max_side` pixels (Lanczos, aspect kept); never upscaled."""
+    from PIL import Image
+
+    if max(image.size) <= max_side:
+        return image
+    scale = max_side / max(image.size)
+    return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                        Image.Resampling.LANCZOS)

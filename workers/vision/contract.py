@@ -16,7 +16,8 @@ from workers.contract.generation import NOT_BLANK, Dtype, checkpoint_field, devi
 Task = Literal["validate", "caption", "ask"]
 #: `{expected}` is replaced by the item's expected scene. The suffix is the one LLaVA-1.5 was tuned with for
 #: short answers, so the next token is "Yes"/"No" rather than a preamble (docs/vision.md).
-DEFAULT_VALIDATE_TEMPLATE = "Does this image show {expected}? Answer the question using a single word or phrase."
+SHORT_ANSWER_SUFFIX = " Answer the question using a single word or phrase."
+DEFAULT_VALIDATE_TEMPLATE = "Does this image show {expected}?" + SHORT_ANSWER_SUFFIX
 DEFAULT_CAPTION_PROMPT = "Describe this image in one sentence."
 MAX_TEXT = 2000
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from workers.runtime import ModelUnavailable
+from workers.runtime import ModelUnavailable, is_out_of_memory
 from workers.runtime.models import resolve_model_dir
 
 from .contract import Args
@@ -79,10 +79,14 @@ def load(args: Args, device: str, dtype_name: str, directory: Path, model_type: 
             str(directory), dtype=getattr(torch, dtype_name), use_safetensors=True,
             device_map=device if device.startswith("cuda") else None,  # straight to the GPU: no second copy in RAM
             **options)
-    except (OSError, ValueError) as exc:
-        raise ModelUnavailable(f"cannot load {args.model!r} from {directory}: the directory is incomplete or not an "
-                               f"image-text-to-text checkpoint in safetensors format ({str(exc).splitlines()[0][:300]})",
-                               details={"model": args.model, "path": str(directory)}) from None
+    except Exception as exc:  # noqa: BLE001 - missing files, SafetensorError, shape mismatches: the checkpoint's fault
+        if is_out_of_memory(exc):
+            raise  # the runtime answers `resource`
+        reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+        raise ModelUnavailable(f"cannot load {args.model!r} from {directory}: the directory is incomplete, corrupt "
+                               f"or not an image-text-to-text checkpoint in safetensors format ({reason})",
+                               details={"model": args.model, "path": str(directory),
+                                        "cause": type(exc).__name__}) from None
     if getattr(processor, "chat_template", None) is None:
         raise ModelUnavailable(f"model {args.model!r} has no chat template (chat_template.jinja or processor "
                                "config); the worker builds every prompt with it", details={"model": args.model})
@@ -91,13 +95,23 @@ def load(args: Args, device: str, dtype_name: str, directory: Path, model_type: 
     return VisionModel(model=model, processor=processor, device=device, dtype=dtype_name, model_type=model_type)
 
 
+#: How tokenizers spell a leading space inside a token: SentencePiece `▁Yes`, byte-level BPE `ĠYes`.
+SPACE_MARKS = ("▁", "Ġ")
+
+
 def _token_ids(tokenizer, words: tuple[str, ...], first_pieces: bool) -> list[int]:
+    """Ids of `words` as single tokens: what encoding each word with and without a leading space gives, plus the
+    vocabulary's own entries for the word with either space mark (SentencePiece encodes "Yes" and " Yes" alike)."""
+    vocab = tokenizer.get_vocab() if not first_pieces else {}
     ids: list[int] = []
     for word in words:
+        candidates = []
         for variant in (word, " " + word):
             encoded = tokenizer.encode(variant, add_special_tokens=False)
-            if encoded and (len(encoded) == 1 or first_pieces) and encoded[0] not in ids:
-                ids.append(encoded[0])
+            if encoded and (len(encoded) == 1 or first_pieces):
+                candidates.append(encoded[0])
+        candidates += [vocab[spelling] for spelling in (word, *(m + word for m in SPACE_MARKS)) if spelling in vocab]
+        ids += [i for i in dict.fromkeys(candidates) if i not in ids]  # each id once, first seen first
     return ids
 
 

@@ -11,6 +11,8 @@ import inspect
 from collections.abc import Sequence
 from typing import Any
 
+from workers.runtime import InternalError
+
 from .llava import VisionModel
 
 
@@ -47,11 +49,15 @@ def yes_probabilities(model: VisionModel, images: Sequence[Any], questions: Sequ
     position_ids = (mask.long().cumsum(-1) - 1).clamp(min=0)  # left padding must not shift the real tokens
     if "logits_to_keep" in inspect.signature(model.model.forward).parameters:  # native classes; remote code may lack it
         inputs["logits_to_keep"] = 1  # the answer position only: no (batch, tokens, vocab) tensor
-    with torch.inference_mode():
-        logits = model.model(**inputs, position_ids=position_ids).logits[:, -1, :].float()
+    with torch.inference_mode():  # one forward pass, no generation: no KV cache to build
+        logits = model.model(**inputs, position_ids=position_ids, use_cache=False).logits[:, -1, :].float()
     yes = torch.logsumexp(logits[:, tokens.yes_ids], dim=-1)
     no = torch.logsumexp(logits[:, tokens.no_ids], dim=-1)
-    return torch.sigmoid(yes - no).tolist()
+    scores = torch.sigmoid(yes - no)
+    if not torch.isfinite(scores).all():
+        raise InternalError(f"the model gave non-finite yes/no logits in {model.dtype} (an overflow); run with "
+                            "dtype bfloat16 or float32", retryable=False, details={"dtype": model.dtype})
+    return scores.tolist()
 
 
 def generate(model: VisionModel, images: Sequence[Any], questions: Sequence[str], max_new_tokens: int) -> list[str]:

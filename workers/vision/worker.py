@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from workers.runtime import FieldErrors, JobContext, Worker, input_file
 from workers.runtime.devices import dtype_name, torch_device
-from workers.runtime.imaging import image_problem, load_rgb
+from workers.runtime.imaging import downscale, image_problem, load_rgb
 from workers.runtime.oom_ladder import SMALLER_BATCH, MemoryLadder
 
 from . import __version__, llava, scoring
-from .contract import Args, ImageItem, ItemResult, Result
+from .contract import SHORT_ANSWER_SUFFIX, Args, ImageItem, ItemResult, Result
 
 REASON_SUFFIX = " Answer yes or no, then give the reason in one sentence."
 REPORT_MEDIA_TYPE = "application/json"
@@ -39,8 +38,8 @@ def plan(args: Args) -> list[Job]:
     for index, item in enumerate(args.items()):
         if args.task == "validate":
             question = item.question or args.validate_template.replace("{expected}", item.expected or "")
-            core = item.question or f"Does this image show {item.expected}?"
-            jobs.append(Job(index, item, question, core + REASON_SUFFIX if args.explain else None))
+            reason = question.removesuffix(SHORT_ANSWER_SUFFIX) + REASON_SUFFIX  # the same question, answered longer
+            jobs.append(Job(index, item, question, reason if args.explain else None))
         elif args.task == "caption":
             jobs.append(Job(index, item, args.caption_prompt))
         else:
@@ -73,18 +72,23 @@ class VisionWorker(Worker[Args, Result]):
         problems.raise_if_any(f"invalid input for worker '{self.name}'")
 
     def model_key(self, args: Args) -> str:
-        return f"{args.model}|{args.device}|{args.dtype}|remote_code={args.trust_remote_code}"
+        """Resolved, so `auto`/`cuda`/`cuda:0`, `auto`/`float16` or a hub id and its cached directory share one
+        loaded model instead of reloading it."""
+        directory, _ = llava.model_dir(args)
+        device = torch_device(args.device)
+        return f"{directory}|{device}|{_dtype(args, device)}|remote_code={args.trust_remote_code}"
 
     # --- load ------------------------------------------------------------------------------------------------
     def load(self, args: Args, ctx: JobContext) -> llava.VisionModel:
         directory, model_type = llava.model_dir(args)  # before torch: a missing or wrong model fails fast
         device = torch_device(args.device)
-        dtype = dtype_name(args.dtype, device, cuda_default="float16")  # LLaVA checkpoints ship in fp16
+        dtype = _dtype(args, device)
         ctx.progress(0.0, "loading model", model=args.model, device=device, dtype=dtype)
         return llava.load(args, device, dtype, directory, model_type)
 
     # --- run -------------------------------------------------------------------------------------------------
     def run(self, model: llava.VisionModel, args: Args, ctx: JobContext) -> Result:
+        check_texts(args, special_tokens(model))
         jobs = plan(args)
         tokens = model.answer_tokens() if args.task == "validate" else None
         if tokens is not None and not tokens.whole_words:
@@ -119,11 +123,41 @@ class VisionWorker(Worker[Args, Result]):
         return result
 
 
+def _dtype(args: Args, device: str) -> str:
+    return dtype_name(args.dtype, device, cuda_default="float16")  # LLaVA checkpoints ship in fp16
+
+
+def special_tokens(model: llava.VisionModel) -> list[str]:
+    """Strings the tokenizer turns into control tokens (`<image>`, `</s>`...): never allowed in user text."""
+    tokenizer = model.processor.tokenizer
+    found = set(getattr(tokenizer, "all_special_tokens", [])) | {getattr(model.processor, "image_token", None)}
+    return sorted(t for t in found if t)
+
+
+def check_texts(args: Args, specials: list[str]) -> None:
+    """`invalid_input` for text holding a special token: one `<image>` too many makes the processor fail the batch."""
+    problems = FieldErrors()
+    texts = {"$.validate_template": args.validate_template if args.task == "validate" else None,
+             "$.caption_prompt": args.caption_prompt if args.task == "caption" else None,
+             "$.question": args.question if args.task == "ask" else None}
+    for index, item in enumerate(args.items()):
+        texts[f"$.images[{index}].expected"] = item.expected
+        texts[f"$.images[{index}].question"] = item.question
+    for path, text in texts.items():
+        found = [token for token in specials if text and token in text]
+        if found:
+            problems.add(path, f"{path[2:]} contains {', '.join(map(repr, found))}, a control token of this model; "
+                         "remove or reword it", "special_token")
+    problems.raise_if_any("text holds control tokens of the model")
+
+
 def _run_batch(model: llava.VisionModel, args: Args, chunk: list[Job]) -> list[ItemResult]:
     images, sizes = [], []
     for job in chunk:
-        sizes.append(_size(job.item.path))
-        images.append(load_rgb(job.item.path, args.max_image_side))
+        # the file checked is the file read: resolved (and checked against the allowed roots) again here
+        image = load_rgb(input_file(job.item.path, f"images[{job.index}]"))
+        sizes.append(image.size)  # upright, before downscaling
+        images.append(downscale(image, args.max_image_side))
     questions = [job.question for job in chunk]
     texts: dict[str, list[Any]] = {}
     if args.task == "validate":
@@ -141,10 +175,3 @@ def _run_batch(model: llava.VisionModel, args: Args, chunk: list[Job]) -> list[I
         results.append(ItemResult(index=job.index, path=job.item.path, width=width, height=height,
                                   question=job.question, expected=job.item.expected, **fields))
     return results
-
-
-def _size(path: str) -> tuple[int, int]:
-    from PIL import Image
-
-    with Image.open(Path(path).expanduser()) as image:
-        return image.size
