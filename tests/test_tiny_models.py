@@ -49,7 +49,7 @@ def tiny_dir(tiny_build) -> Path:
 
 def test_build_summary_and_markers(tiny_build):
     out, summary = tiny_build
-    assert set(summary["built"]) == {"sdxl", "ltx", "vision"}
+    assert set(summary["built"]) == {"sdxl", "ltx", "vision", "vision_next"}
     for name, entry in summary["built"].items():
         path = Path(entry["path"])
         assert path == out / name and path.is_dir()
@@ -178,7 +178,7 @@ def test_only_builds_named_models(tiny_dir, tmp_path):
 def test_unknown_name_exits_2(tmp_path):
     proc = run_cli("build", str(tmp_path), "--only", "sdxl,flux", timeout=60)
     assert proc.returncode == 2
-    assert "flux" in proc.stderr and "sdxl, ltx, vision" in proc.stderr
+    assert "flux" in proc.stderr and "sdxl, ltx, vision, vision_next" in proc.stderr
     assert proc.stdout == "" and not list(tmp_path.iterdir())
 
 

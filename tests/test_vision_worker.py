@@ -393,3 +393,22 @@ def test_non_finite_logits_are_a_clear_error_not_a_schema_crash(tiny_llava, imag
     monkeypatch.setattr(LlavaForConditionalGeneration, "forward", overflowing)
     envelope, code = _execute(validate_args(tiny_llava, tmp_path / "o", images[:1]))
     assert code == 7 and envelope.error.kind == "internal" and "bfloat16 or float32" in envelope.error.message
+
+
+def test_llava_next_any_resolution_batches_images_of_different_token_counts(tmp_path, images):
+    """LLaVA-NeXT (`llava_next`) through the same code: `image_sizes` passes, and a tall and a small image (different
+    tile grids, so different numbers of image tokens) score the same alone and batched."""
+    from workers.runtime.cache import ModelCache
+    from workers.tiny import build_vision_next
+
+    model = build_vision_next(tmp_path / "next")
+    cache = ModelCache()
+    scores = {}
+    for batch_size in (1, 2):
+        envelope, code = _execute(validate_args(model, tmp_path / str(batch_size), images[:2], batch_size=batch_size,
+                                                explain=True, max_new_tokens=3), cache)
+        assert code == 0, envelope.error
+        assert envelope.result["model_type"] == "llava_next"
+        scores[batch_size] = [item["score"] for item in envelope.result["items"]]
+    assert scores[1][0] != scores[1][1]
+    assert scores[2] == pytest.approx(scores[1], abs=1e-5)

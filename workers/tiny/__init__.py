@@ -1,6 +1,7 @@
 """Tiny random-weight models for tests and demos, built offline in seconds.
 
-`python -m workers.tiny build DIR [--only sdxl,ltx,vision]` writes DIR/sdxl, DIR/ltx and DIR/vision, each a
+`python -m workers.tiny build DIR [--only sdxl,ltx,vision,vision_next]` writes DIR/sdxl, DIR/ltx, DIR/vision
+(LLaVA-1.5 layout) and DIR/vision_next (LLaVA-NeXT), each a
 `save_pretrained` directory that loads through the same `from_pretrained` code as a real checkpoint, plus a
 `tiny.json` marker (see `read_marker`). Importing this package is cheap: torch, diffusers and transformers are
 imported inside the builders.
@@ -17,12 +18,13 @@ from pathlib import Path
 from ._build import BUILDER_VERSION, MARKER, SEED, read_marker
 from .ltx import build_ltx
 from .sdxl import build_sdxl
-from .vision import build_vision
+from .vision import build_vision, build_vision_next
 
 BUILDERS: dict[str, Callable[[Path], Path]] = {
     "sdxl": build_sdxl,
     "ltx": build_ltx,
     "vision": build_vision,
+    "vision_next": build_vision_next,
 }
 
 # Known names that are deliberately not built, with the reason shown to the user.

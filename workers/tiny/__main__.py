@@ -1,4 +1,4 @@
-"""CLI: `python -m workers.tiny build DIR [--only sdxl,ltx,vision]`.
+"""CLI: `python -m workers.tiny build DIR [--only sdxl,ltx,vision,vision_next]`.
 
 Progress goes to stderr; stdout gets exactly one JSON line:
 {"built": {name: {"path", "bytes", "seconds"}}, "skipped": {name: reason}}.
