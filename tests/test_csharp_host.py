@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from workers.contract import CONTRACT_VERSION, EXIT_CODES
+
 from conftest import FIXTURE_WORKER, REPO
-from workers.contract import EXIT_CODES
 
 NEWTONSOFT = Path("/usr/lib/cli/Newtonsoft.Json-5.0/Newtonsoft.Json.dll")
 pytestmark = pytest.mark.skipif(shutil.which("mcs") is None or shutil.which("mono") is None or not NEWTONSOFT.exists(),
@@ -80,9 +81,11 @@ def test_crash_without_answer_is_retryable(host_exe, tmp_path):
     assert report["protocol_error"] == "no answer on stdout" and report["should_retry"] is True
 
 
-def test_the_exit_code_table_matches_the_contract(host_exe):
-    proc = subprocess.run(["mono", str(host_exe), "exit-codes"], capture_output=True, text=True, check=True)
-    assert json.loads(proc.stdout) == {kind.value: code for kind, code in EXIT_CODES.items()}
+def test_the_client_tables_match_the_contract(host_exe):
+    proc = subprocess.run(["mono", str(host_exe), "contract"], capture_output=True, text=True, check=True)
+    tables = json.loads(proc.stdout)
+    assert tables["exit_codes"] == {kind.value: code for kind, code in EXIT_CODES.items()}
+    assert tables["retry_delays_s"] == [0, 5, 15] and tables["version"] == CONTRACT_VERSION
 
 
 def test_warm_mode_from_dotnet(host_exe, tmp_path):

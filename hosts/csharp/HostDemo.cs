@@ -4,11 +4,12 @@
 //   host.exe oneshot ARGS.json TIMEOUT_S -- WORKER_ARGV...      one job (fixture result fields echoed)
 //   host.exe whisper ARGS.json TIMEOUT_S -- WORKER_ARGV...      one job, typed as the generated WhisperResult
 //   host.exe serve   ARGS.json TIMEOUT_S -- WORKER_ARGV...      warm: ping, the job, a bad line, the job, shutdown
-//   host.exe retry   ARGS.json TIMEOUT_S DELAYS -- WORKER_ARGV  RunWithRetry, DELAYS like "0,0.5,1.5" (seconds)
+//   host.exe retry   ARGS.json TIMEOUT_S DELAYS CANCEL_S -- WORKER_ARGV   RunWithRetry, DELAYS like "0,0.5,1.5"
+//                                                               (seconds); cancelled after CANCEL_S unless 0
 //   host.exe warm-timeout ARGS.json TIMEOUT_S -- WORKER_ARGV    warm job that times out, then the same job again
 //   host.exe pool    ARGS.json IDLE_S -- WORKER_ARGV...         WarmPool: reuse, restart a killed one, idle shutdown
 //   host.exe parse   ENVELOPE_LINES.jsonl                       generated types over envelopes a worker printed
-//   host.exe exit-codes                                         the client's kind -> exit code table
+//   host.exe contract                                           the client's exit-code table and default retry delays
 using System;
 using System.Collections.Generic;
 using System.Globalization;
@@ -80,11 +81,14 @@ public static class HostDemo
                              { "echo", second.Result == null ? null : JToken.FromObject(second.Result["echo"]) } };
     }
 
-    static JObject Retry(IList<string> argv, string argsJson, TimeSpan timeout, string delays)
+    static JObject Retry(IList<string> argv, string argsJson, TimeSpan timeout, string delays, string cancelAfter)
     {
         var parsed = new List<TimeSpan>();
         foreach (var d in delays.Split(',')) parsed.Add(TimeSpan.FromSeconds(double.Parse(d, CultureInfo.InvariantCulture)));
-        var attempts = WorkerClient.RunWithRetry(argv, argsJson, timeout, new RetryPolicy(parsed.ToArray()), CancellationToken.None);
+        double cancelSeconds = double.Parse(cancelAfter, CultureInfo.InvariantCulture);
+        var cancel = new CancellationTokenSource();
+        if (cancelSeconds > 0) cancel.CancelAfter(TimeSpan.FromSeconds(cancelSeconds));
+        var attempts = WorkerClient.RunWithRetry(argv, argsJson, timeout, new RetryPolicy(parsed.ToArray()), cancel.Token);
         var reports = new JArray();
         foreach (var a in attempts) reports.Add(Report(a));
         return new JObject { { "attempts", reports } };
@@ -140,11 +144,13 @@ public static class HostDemo
         return new JObject { { "envelopes", parsed } };
     }
 
-    static JObject ExitCodes()
+    static JObject ContractTables()
     {
         var table = new JObject();
         foreach (var entry in Contract.ExitCodes) table[Contract.KindName(entry.Key)] = entry.Value;
-        return table;
+        var delays = new JArray();
+        foreach (var delay in RetryPolicy.Default.Delays) delays.Add(delay.TotalSeconds);
+        return new JObject { { "exit_codes", table }, { "retry_delays_s", delays }, { "version", Contract.Version } };
     }
 
     public static int Main(string[] args)
@@ -166,9 +172,9 @@ public static class HostDemo
     {
         string mode = args[0];
         if (mode == "parse") return Parse(args[1]);
-        if (mode == "exit-codes") return ExitCodes();
+        if (mode == "contract") return ContractTables();
         int dash = Array.IndexOf(args, "--");
-        if (dash < 3) return null;
+        if (dash < 3 || (mode == "retry" && dash < 5)) return null;
         string argsJson = File.ReadAllText(args[1], Encoding.UTF8);
         var seconds = TimeSpan.FromSeconds(double.Parse(args[2], CultureInfo.InvariantCulture));
         var argv = new List<string>();
@@ -178,7 +184,7 @@ public static class HostDemo
             case "oneshot": return Report(WorkerClient.Run(argv, argsJson, seconds));
             case "whisper": return Whisper(WorkerClient.Run(argv, argsJson, seconds));
             case "serve": return Serve(argv, argsJson);
-            case "retry": return Retry(argv, argsJson, seconds, args[3]);
+            case "retry": return Retry(argv, argsJson, seconds, args[3], args[4]);
             case "warm-timeout": return WarmTimeout(argv, argsJson, seconds);
             case "pool": return Pool(argv, argsJson, seconds);
             default: return null;

@@ -39,4 +39,4 @@ def build(out_dir: Path) -> dict[str, Path]:
 
 if __name__ == "__main__":
     for name, path in build(Path(sys.argv[1] if len(sys.argv) > 1 else "build/csharp")).items():
-        print(name, path)
+        sys.stdout.write(f"{name} {path}\n")

@@ -12,7 +12,8 @@ namespace StoryBridge
 {
     public static class Contract
     {
-        public const string Version = "1.1.0";
+        /// <summary>The contract version these types were generated from (schemas/*.schema.json).</summary>
+        public const string Version = StoryBridge.Generated.ContractInfo.Version;
 
         /// <summary>Exit code per error kind (docs/contract.md). 1 or a signal means: crashed, no answer.</summary>
         public static readonly Dictionary<ErrorKind, int> ExitCodes = new Dictionary<ErrorKind, int>
