@@ -56,7 +56,7 @@ def test_retries_follow_the_schedule_until_success(host_exe, tmp_path):  # noqa:
     count = tmp_path / "count.txt"
     args = {"output_dir": str(tmp_path / "o"), "mode": "fail", "kind": "transient", "fail_times": 2,
             "count_file": str(count)}
-    attempts = host(host_exe, "retry", args, FIXTURE_ARGV, tmp_path, extra=("0,0.6,1.2", "0"))["attempts"]
+    attempts = host(host_exe, "retry", args, FIXTURE_ARGV, tmp_path, extra=("0.6,1.2", "0"))["attempts"]
     assert [a["success"] for a in attempts] == [False, False, True]
     assert len(count.read_text().splitlines()) == 3
     gaps = [(started(b) - started(a)).total_seconds() for a, b in zip(attempts, attempts[1:], strict=False)]
@@ -66,7 +66,7 @@ def test_retries_follow_the_schedule_until_success(host_exe, tmp_path):  # noqa:
 @pytest.mark.parametrize("args, attempts", [
     ({"mode": "fail", "kind": "invalid_input", "retryable": True}, 1),  # never retried, whatever it says
     ({"mode": "fail", "kind": "model_unavailable"}, 1),  # not retryable by default
-    ({"mode": "exit_no_json", "exit_code": 1}, 3),  # a crash is worth another try
+    ({"mode": "exit_no_json", "exit_code": 1}, 4),  # a crash is worth another try: 1 + 3 retries
 ])
 def test_what_is_retried(host_exe, tmp_path, args, attempts):  # noqa: F811
     report = host(host_exe, "retry", {"output_dir": str(tmp_path / "o"), **args}, FIXTURE_ARGV, tmp_path,

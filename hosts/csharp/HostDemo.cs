@@ -4,7 +4,7 @@
 //   host.exe oneshot ARGS.json TIMEOUT_S -- WORKER_ARGV...      one job (fixture result fields echoed)
 //   host.exe whisper ARGS.json TIMEOUT_S -- WORKER_ARGV...      one job, typed as the generated WhisperResult
 //   host.exe serve   ARGS.json TIMEOUT_S -- WORKER_ARGV...      warm: ping, the job, a bad line, the job, shutdown
-//   host.exe retry   ARGS.json TIMEOUT_S DELAYS CANCEL_S -- WORKER_ARGV   RunWithRetry, DELAYS like "0,0.5,1.5"
+//   host.exe retry   ARGS.json TIMEOUT_S DELAYS CANCEL_S -- WORKER_ARGV   RunWithRetry, DELAYS before each retry: "0,0.5"
 //                                                               (seconds); cancelled after CANCEL_S unless 0
 //   host.exe warm-timeout ARGS.json TIMEOUT_S -- WORKER_ARGV    warm job that times out, then the same job again
 //   host.exe pool    ARGS.json IDLE_S -- WORKER_ARGV...         WarmPool: reuse, restart a killed one, idle shutdown

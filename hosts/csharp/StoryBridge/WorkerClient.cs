@@ -41,22 +41,20 @@ namespace StoryBridge
             return psi;
         }
 
-        /// <summary>Run with retries: one attempt per policy delay while the outcome says a retry can help.
-        /// Returns every attempt (the last one decides). Cancellation stops waiting and kills a running worker.</summary>
+        /// <summary>Run with retries: a first attempt, then one retry per policy delay while the outcome says a retry
+        /// can help. Returns every attempt (the last one decides). Cancellation cuts a wait short and kills a
+        /// running worker's tree.</summary>
         public static List<WorkerOutcome> RunWithRetry(IList<string> argv, string argsJson, TimeSpan timeout,
                                                        RetryPolicy policy, CancellationToken cancel,
                                                        string workingDirectory = null)
         {
-            var attempts = new List<WorkerOutcome>();
+            var attempts = new List<WorkerOutcome> { Run(argv, argsJson, timeout, cancel, workingDirectory) };
             foreach (var delay in (policy ?? RetryPolicy.Default).Delays)
             {
-                if (delay > TimeSpan.Zero && cancel.WaitHandle.WaitOne(delay)) break;
-                if (cancel.IsCancellationRequested) break;
-                var outcome = Run(argv, argsJson, timeout, cancel, workingDirectory);
-                attempts.Add(outcome);
-                if (!outcome.ShouldRetry) break;
+                if (!attempts[attempts.Count - 1].ShouldRetry) break;
+                if (cancel.WaitHandle.WaitOne(delay) || cancel.IsCancellationRequested) break;
+                attempts.Add(Run(argv, argsJson, timeout, cancel, workingDirectory));
             }
-            if (attempts.Count == 0) attempts.Add(new WorkerOutcome { Cancelled = true, StartedUtc = DateTime.UtcNow });
             return attempts;
         }
 

@@ -40,19 +40,20 @@ namespace StoryBridge
         }
     }
 
-    /// <summary>When to try again: one delay per attempt, the first usually zero. The seeds' schedule by default.</summary>
+    /// <summary>When to try again: the wait before each retry (so Delays.Length + 1 attempts in all). The seeds'
+    /// schedule by default, the same as the runner's (docs/runner.md): 4 attempts.</summary>
     public class RetryPolicy
     {
         public TimeSpan[] Delays { get; set; }
 
         public RetryPolicy(params TimeSpan[] delays) { Delays = delays; }
 
-        /// <summary>Immediately, then after 5 s, then after 15 s.</summary>
+        /// <summary>Retry immediately, then after 5 s, then after 15 s.</summary>
         public static RetryPolicy Default
         {
             get { return new RetryPolicy(TimeSpan.Zero, TimeSpan.FromSeconds(5), TimeSpan.FromSeconds(15)); }
         }
 
-        public static RetryPolicy Never { get { return new RetryPolicy(TimeSpan.Zero); } }
+        public static RetryPolicy Never { get { return new RetryPolicy(); } }
     }
 }
