@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from worker_timing import one_shot, warm
+from worker_timing import one_shot, print_comparison, warm
 
 REPO = Path(__file__).resolve().parent.parent
 PROMPT = "a red fox running through fresh snow at dawn, slow tracking shot"
@@ -68,13 +68,8 @@ def main() -> None:
     args = worker_args(model, opts, tmp / "worker")
     b = one_shot("ltx", args, tmp, opts.repeat)
     c, answer = warm("ltx", args, opts.repeat)
-    metrics = answer["metrics"]
-    print(f"tiny LTX, {opts.frames} frames x {opts.steps} steps at {opts.size}x{opts.size}, CPU, median of {opts.repeat}")
-    print(f"(a) in-process pipeline + encode  {a:7.3f} s")
-    print(f"(b) worker one-shot cold          {b:7.3f} s")
-    print(f"(c) worker warm                   {c:7.3f} s   (run_s {metrics['run_s']}, model_loads {metrics['model_loads']})")
-    print(f"c/a = {c / a:.3f}  (goal <= 1.10: {'met' if c / a <= 1.10 else 'MISSED'})")
-    print(f"b/c = {b / c:.1f}")
+    print_comparison(f"tiny LTX, {opts.frames} frames x {opts.steps} steps at {opts.size}x{opts.size}, CPU, median of {opts.repeat}",
+                     "in-process pipeline + encode", a, b, c, answer["metrics"])
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from worker_timing import one_shot, warm
+from worker_timing import one_shot, print_comparison, warm
 
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATE = "Does this image show {expected}? Answer the question using a single word or phrase."
@@ -89,14 +89,9 @@ def main() -> None:
             "model": str(model), "output_dir": str(tmp / "worker"), "batch_size": opts.batch_size}
     b = one_shot("vision", args, tmp, opts.repeat)
     c, answer = warm("vision", args, opts.repeat)
-    metrics = answer["metrics"]
-    print(f"tiny LLaVA, validate {opts.images} images of {opts.size * 9 // 16}x{opts.size}, batch {opts.batch_size}, "
-          f"CPU, median of {opts.repeat}")
-    print(f"(a) in-process transformers       {a:7.3f} s")
-    print(f"(b) worker one-shot cold          {b:7.3f} s")
-    print(f"(c) worker warm                   {c:7.3f} s   (run_s {metrics['run_s']}, model_loads {metrics['model_loads']})")
-    print(f"c/a = {c / a:.3f}  (goal <= 1.10: {'met' if c / a <= 1.10 else 'MISSED'})")
-    print(f"b/c = {b / c:.1f}")
+    print_comparison(f"tiny LLaVA, validate {opts.images} images of {opts.size * 9 // 16}x{opts.size}, batch "
+                     f"{opts.batch_size}, CPU, median of {opts.repeat}", "in-process transformers", a, b, c,
+                     answer["metrics"])
 
 
 if __name__ == "__main__":

@@ -42,3 +42,14 @@ def warm(worker: str, args: dict, repeat: int) -> tuple[float, dict]:
     proc.stdin.close()
     proc.wait()
     return statistics.median(times[1:]), answer
+
+
+def print_comparison(title: str, direct_label: str, a: float, b: float, c: float, metrics: dict,
+                     goal: float = 1.10) -> None:
+    """The three timings side by side and their ratios: (a) in-process, (b) one-shot cold, (c) warm."""
+    print(title)
+    print(f"(a) {direct_label:<30} {a:7.3f} s")
+    print(f"(b) {'worker one-shot cold':<30} {b:7.3f} s")
+    print(f"(c) {'worker warm':<30} {c:7.3f} s   (run_s {metrics['run_s']}, model_loads {metrics['model_loads']})")
+    print(f"c/a = {c / a:.3f}  (goal <= {goal:.2f}: {'met' if c / a <= goal else 'MISSED'})")
+    print(f"b/c = {b / c:.1f}")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from . import safefs
 from .jsondoc import MAX_NESTING, shape_problems
@@ -15,6 +15,12 @@ from .schemas import SchemaStore, error_lines
 
 #: Worker error kinds the contract defines (mirrors workers.contract.ErrorKind; the bridge reads schemas, not code).
 WORKER_KINDS = ("invalid_input", "model_unavailable", "resource", "transient", "external", "internal")
+#: The exit code a one-shot worker uses per error kind (docs/contract.md); a warm answer is given the same, so
+#: records read alike whichever way the attempt ran.
+WORKER_EXIT_CODES = dict(zip(WORKER_KINDS, (2, 3, 4, 5, 6, 7), strict=True))
+#: In staging, an output at least this large is checked by size and its reported sha256 is trusted: the worker
+#: hashed it as it wrote it (workers/runtime/outputs.py), and a clip of gigabytes is not read twice.
+TRUST_REPORTED_SHA_BYTES = 256 * 1024 * 1024
 #: A worker's message is kept up to this many characters (it goes to state.db, events and trace.json).
 MAX_MESSAGE_CHARS = 8000
 
@@ -68,7 +74,7 @@ def single_json(stdout: bytes) -> tuple[Any, str | None]:
     return doc, None
 
 
-def _exit_text(code: int | None) -> str:
+def exit_text(code: int | None) -> str:
     if code is None:
         return "no exit code"
     if code < 0:
@@ -88,13 +94,13 @@ def classify(proc: ProcessResult, schemas: SchemaStore, worker: str, staging_dir
     if proc.stdout_over_cap:
         return AttemptOutcome(ok=False, kind="protocol", message=(
             f"worker broke the contract: stdout exceeded the {MAX_STDOUT_BYTES // (1024 * 1024)} MiB cap "
-            f"({proc.stdout_bytes} bytes, {_exit_text(proc.exit_code)}); an answer is one JSON document and large "
+            f"({proc.stdout_bytes} bytes, {exit_text(proc.exit_code)}); an answer is one JSON document and large "
             "results belong in files under output_dir"), **base)
     doc, problem = single_json(proc.stdout)
     if problem is not None:
         if proc.exit_code != 0:
             return AttemptOutcome(ok=False, kind="crash", retryable=True, message=(
-                f"worker died without a JSON answer ({_exit_text(proc.exit_code)}; {problem})"
+                f"worker died without a JSON answer ({exit_text(proc.exit_code)}; {problem})"
                 + tail_text(proc.stderr_tail)), **base)
         return AttemptOutcome(ok=False, kind="protocol", message=(
             f"worker broke the contract: exit code 0 but {problem}" + tail_text(proc.stderr_tail)), **base)
@@ -120,7 +126,7 @@ def _judge_envelope(doc: dict[str, Any], proc: ProcessResult, schemas: SchemaSto
                               retryable=bool(err.get("retryable")), envelope=doc, warnings=warnings, **base)
     if proc.exit_code != 0:
         return AttemptOutcome(ok=False, kind="protocol", envelope=doc, message=(
-            f"worker answered success but exited with {_exit_text(proc.exit_code)}"), **base)
+            f"worker answered success but exited with {exit_text(proc.exit_code)}"), **base)
     validator = schemas.result(worker)
     if validator is not None:
         lines = error_lines(validator, doc.get("result"))
@@ -138,8 +144,16 @@ def _is_under(path: Path, root: Path) -> bool:
     return path == root or root in path.parents
 
 
-def verify_outputs(outputs: list[dict[str, Any]], inside: Path | None = None) -> list[str]:
-    """Every output is a regular file (inside `inside`, when given) with the reported size and sha256."""
+class HashMemo(Protocol):
+    def cached_hash(self, path: str, size: int, mtime_ns: int) -> str | None: ...
+
+
+def verify_outputs(outputs: list[dict[str, Any]], inside: Path | None = None, memo: HashMemo | None = None) -> list[str]:
+    """Every output is a regular file (inside `inside`, when given) with the reported size and sha256.
+
+    A hash memoised for the same (path, size, mtime) is not computed again (`memo`: the state DB); in staging
+    (`inside`), files of TRUST_REPORTED_SHA_BYTES or more are checked by size only.
+    """
     problems = []
     root = inside.resolve() if inside is not None else None
     for out in outputs:
@@ -150,9 +164,13 @@ def verify_outputs(outputs: list[dict[str, Any]], inside: Path | None = None) ->
         if not path.is_file():
             problems.append(f"{path} is missing")
             continue
-        size = path.stat().st_size
-        if size != out["bytes"]:
-            problems.append(f"{path} has {size} bytes, the worker reported {out['bytes']}")
+        st = path.stat()
+        if st.st_size != out["bytes"]:
+            problems.append(f"{path} has {st.st_size} bytes, the worker reported {out['bytes']}")
+            continue
+        if inside is not None and st.st_size >= TRUST_REPORTED_SHA_BYTES:
+            continue
+        if memo is not None and memo.cached_hash(str(path), st.st_size, st.st_mtime_ns) == out["sha256"]:
             continue
         try:
             digest = safefs.sha256_regular_file(path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -42,10 +43,29 @@ def _load_manifest(path: str, as_json: bool):
         return None, 2
 
 
+def _gpus(spec: str | None):
+    from .gpus import parse_gpus
+
+    return None if spec is None else parse_gpus(spec)
+
+
 def _validate(opts: argparse.Namespace) -> int:
     loaded, code = _load_manifest(opts.manifest, opts.json)
     if loaded is None:
         return code
+    from .machine import resource_problems
+    from .worker_client import worker_env
+
+    problems = resource_problems(loaded, _gpus(opts.gpus), worker_env())  # steps this machine can never start
+    if problems:
+        if opts.json:
+            print(json.dumps({"ok": False, "manifest": str(loaded.path),
+                              "errors": [{"path": "$", "message": p, "type": "resources"} for p in problems]}))
+        else:
+            print(f"manifest {loaded.path} cannot run on this machine:", file=sys.stderr)
+            for line in problems:
+                print(f"  {line}", file=sys.stderr)
+        return 2
     if opts.json:
         print(json.dumps({"ok": True, "manifest": str(loaded.path), "workdir": str(loaded.workdir),
                           "order": loaded.order}, ensure_ascii=False))
@@ -68,7 +88,9 @@ def _run(opts: argparse.Namespace) -> int:
         loaded.workdir = Path(opts.workdir).resolve()
     cancel = threading.Event()
     options = RunOptions(force=set(opts.force), only=set(opts.only), until=set(opts.until), dry_run=opts.dry_run,
-                         explain=opts.explain, events_stdout=events_stdout)
+                         explain=opts.explain, events_stdout=events_stdout, jobs=opts.jobs or os.cpu_count() or 1,
+                         gpus=_gpus(opts.gpus), warm=not opts.no_warm, warm_idle_s=opts.warm_idle_s,
+                         quiet=opts.quiet)
     runner = Runner(loaded, options, cancel=cancel, console=sys.stderr if events_stdout else sys.stdout,
                     events_mirror=sys.stdout if events_stdout else None)
 
@@ -86,10 +108,28 @@ def _run(opts: argparse.Namespace) -> int:
             signal.signal(sig, handler)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m bridge", description="storybridge reference runner")
-    sub = parser.add_subparsers(dest="command", required=True)
+GPUS_HELP = ("GPUs to hand out: `0,1`, `0:24,1:24` (index:VRAM budget in GB) or `none` "
+             "(default: detected through NVML or nvidia-smi)")
 
+
+def _gpu_spec(text: str) -> str:
+    from .gpus import GpuSpecInvalid, parse_gpus
+
+    try:
+        parse_gpus(text)
+    except GpuSpecInvalid as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _add_schema(sub) -> None:
     schema = sub.add_parser("schema", help="check or regenerate the committed JSON schemas")
     group = schema.add_mutually_exclusive_group(required=True)
     group.add_argument("--check", action="store_true", help="exit 1 when schemas/ differs from the models")
@@ -97,11 +137,16 @@ def build_parser() -> argparse.ArgumentParser:
     schema.add_argument("--dir", help="schema directory (default: the repository's schemas/)")
     schema.set_defaults(func=_schema)
 
+
+def _add_validate(sub) -> None:
     validate = sub.add_parser("validate", help="check a manifest; every problem is listed with its JSON path (exit 2)")
     validate.add_argument("manifest")
     validate.add_argument("--json", action="store_true", help="print the result as one JSON document")
+    validate.add_argument("--gpus", metavar="SPEC", type=_gpu_spec, help=GPUS_HELP)
     validate.set_defaults(func=_validate)
 
+
+def _add_run(sub) -> None:
     run = sub.add_parser("run", help="run a manifest (resumes by default: committed steps that verify are skipped)",
                          description="Exit codes: 0 ok, 1 a step failed, 2 invalid manifest or selection, "
                          "3 workdir locked by another runner, 4 setup error (schemas missing), 130 interrupted.")
@@ -117,7 +162,26 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--events", metavar="-", choices=["-"],
                      help="'-': also write the JSON-lines events to stdout (the human output goes to stderr)")
     run.add_argument("--workdir", help="override the manifest's workdir")
+    run.add_argument("--jobs", "-j", type=_positive_int, metavar="N",
+                     help="run up to N steps (or items) at once (default: the CPU count)")
+    run.add_argument("--gpus", metavar="SPEC", type=_gpu_spec, help=GPUS_HELP)
+    run.add_argument("--no-warm", action="store_true",
+                     help="one worker process per attempt, even for workers that can serve warm")
+    run.add_argument("--warm-idle-s", type=float, default=60.0, metavar="S",
+                     help="shut down a warm worker idle for S seconds (default 60)")
+    run.add_argument("--quiet", "-q", action="store_true", help="print only failures and the final line")
     run.set_defaults(func=_run)
+
+
+#: The runner's commands, each added to a subparsers action: ours below, or the `storybridge` front door's.
+RUNNER_COMMANDS = {"schema": _add_schema, "validate": _add_validate, "run": _add_run}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bridge", description="storybridge reference runner")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in RUNNER_COMMANDS.values():
+        add(sub)
     return parser
 
 

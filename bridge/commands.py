@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+EXIT_FAILED = 1  # clean: something could not be removed
 EXIT_INVALID = 2
 EXIT_LOCKED = 3
 
@@ -42,40 +43,52 @@ def clean(opts: argparse.Namespace) -> int:
     from .lock import WorkdirLocked
     from .retention import NotAWorkdir, Policy, clean, parse_age
     from .safefs import UnsafePath
+    from .workdir import WorkdirUnusable
 
+    root = Path(opts.workdir).absolute()
     try:
         older = None if opts.older_than is None else parse_age(opts.older_than)
     except ValueError as exc:
-        print(f"--older-than: {exc}", file=sys.stderr)
-        return EXIT_INVALID
+        return _clean_refused(opts, root, f"--older-than: {exc}", EXIT_INVALID)
     if opts.keep_last < 0:
-        print(f"--keep-last: {opts.keep_last} is negative; give 0 or more runs", file=sys.stderr)
-        return EXIT_INVALID
+        return _clean_refused(opts, root, f"--keep-last: {opts.keep_last} is negative; give 0 or more runs",
+                              EXIT_INVALID)
     policy = Policy(keep_last=opts.keep_last, older_than_s=older, include_committed=opts.all)
-    root = Path(opts.workdir).absolute()
     try:
         plan = clean(root, policy, dry_run=opts.dry_run)
     except WorkdirLocked as exc:
-        print(f"[refused] {exc}", file=sys.stderr)
-        return EXIT_LOCKED
-    except (NotAWorkdir, UnsafePath) as exc:
-        print(f"[unusable workdir] {exc}", file=sys.stderr)
-        return EXIT_INVALID
+        return _clean_refused(opts, root, f"[refused] {exc}", EXIT_LOCKED)
+    except (NotAWorkdir, UnsafePath, WorkdirUnusable) as exc:
+        return _clean_refused(opts, root, f"[unusable workdir] {exc}", EXIT_INVALID)
     entries = [{"path": str(r.path), "bytes": r.bytes, "why": r.why} for r in plan.removals]
     if plan.events_freed:
         entries.append({"path": str(root / "events.jsonl"), "bytes": plan.events_freed,
                         "why": "events of older runs (the file is trimmed, not removed)"})
+    code = EXIT_FAILED if plan.failures else 0  # what could not be removed is neither listed nor counted freed
     if opts.json:
-        print(json.dumps({"workdir": str(root), "dry_run": opts.dry_run, "bytes_freed": plan.bytes_freed,
-                          "removed": entries}, ensure_ascii=False))
-        return 0
+        print(json.dumps({"ok": not plan.failures, "workdir": str(root), "dry_run": opts.dry_run,
+                          "bytes_freed": plan.bytes_freed, "removed": entries, "failed": plan.failures},
+                         ensure_ascii=False))
+        return code
     verb = "would free" if opts.dry_run else "freed"
     for e in entries:
         print(f"{'would remove' if opts.dry_run else 'removed'}  {format_bytes(e['bytes']):>10}  "
               f"{Path(e['path']).relative_to(root)}  ({e['why']})")
+    for failure in plan.failures:
+        print(f"[not removed] {failure}", file=sys.stderr)
     print(f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'}, {verb} {format_bytes(plan.bytes_freed)} "
-          f"({plan.bytes_freed} bytes) in {root}")
-    return 0
+          f"({plan.bytes_freed} bytes) in {root}" + (f"; {len(plan.failures)} could not be removed"
+                                                     if plan.failures else ""))
+    return code
+
+
+def _clean_refused(opts: argparse.Namespace, root: Path, message: str, code: int) -> int:
+    """A clean that did not start: the reason on stderr, and with --json also one document on stdout."""
+    print(message, file=sys.stderr)
+    if opts.json:
+        print(json.dumps({"ok": False, "workdir": str(root), "error": message, "exit_code": code},
+                         ensure_ascii=False))
+    return code
 
 
 # --- report ------------------------------------------------------------------------------------------------

@@ -1,44 +1,24 @@
-"""Executing one step: attempts with retries and backoff, then the atomic commit (docs/runner.md, Execution)."""
+"""One attempt's files and its atomic commit (docs/runner.md, Execution), plus the retry rules.
+
+The coordinator calls these; nothing here decides what runs or keeps run state.
+"""
 
 from __future__ import annotations
 
 import os
-import random
-import threading
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from . import safefs
 from .answer import WORKER_KINDS, AttemptOutcome
-from .events import EventLog
-from .manifest import LoadedManifest, RetryPolicy, Step
+from .manifest import RetryPolicy
 from .refs import map_strings
-from .report import StepTrace
-from .schemas import SchemaStore
-from .state import AttemptEnd, StateDB
+from .state import WHOLE_STEP, AttemptEnd, StateDB
+from .states import State
 from .workdir import Workdir
-from .worker_client import AttemptFiles, run_attempt
-
-
-@dataclass
-class RunContext:
-    """What executing a step needs from the run."""
-
-    m: LoadedManifest
-    wd: Workdir
-    state: StateDB
-    events: EventLog
-    schemas: SchemaStore
-    env: dict[str, str]
-    cancel: threading.Event
-    run_id: str
-    wait: Callable[[float], None]
-    rng: random.Random
+from .worker_client import AttemptFiles
 
 
 @dataclass
@@ -48,143 +28,57 @@ class Committed:
     directory: str
 
 
-class StepExecutor:
-    def __init__(self, ctx: RunContext):
-        self.ctx = ctx
+def prepare_attempt(wd: Workdir, tag_base: str, attempt: int) -> AttemptFiles:
+    """A fresh staging dir (the worker's output_dir) and the paths of the attempt's args file and stderr log."""
+    tag = f"{tag_base}-{attempt}-{uuid.uuid4().hex[:8]}"
+    staging = wd.staging / tag
+    staging.mkdir(exist_ok=True)  # the name is random: it exists only when prepared on purpose (tests do)
+    safefs.refuse_link(staging)  # ... and then it must be a real directory, never a link to elsewhere
+    return AttemptFiles(args_file=wd.attempts / tag / "args.json", stderr_log=wd.attempts / tag / "stderr.log",
+                        staging_dir=staging.resolve())
 
-    def execute(self, step: Step, key: str, components: dict[str, Any], args: dict[str, Any],
-                reason: str, tr: StepTrace) -> Committed | None:
-        """Attempts until a commit, a final failure or an interruption; `tr` records what happened."""
-        ctx = self.ctx
-        policy = step.retry_policy(ctx.m.manifest.defaults)
-        timeout_s = ctx.m.timeout_s(step)
-        ctx.state.mark_running(step.id, key)
-        ctx.events.emit("step_start", step=step.id, worker=step.worker, reason=reason, key=key,
-                        max_attempts=policy.max_attempts, timeout_s=timeout_s)
-        attempt = 0
-        while True:
-            attempt += 1
-            outcome, committed = self._attempt(step, key, components, args, attempt, timeout_s, tr)
-            if committed is not None:
-                tr.status = "committed"
-                ctx.events.emit("step_committed", step=step.id, attempts=attempt, key=key,
-                                committed_dir=committed.directory,
-                                outputs=len((outcome.envelope or {}).get("outputs") or []))
-                return committed
-            if outcome.kind == "interrupted":
-                self._interrupted(step.id, key, attempt, outcome, tr)
-                return None
-            if _should_retry(outcome, policy.retry_on) and attempt < policy.max_attempts:
-                self._back_off(step.id, attempt, outcome, policy)
-                if ctx.cancel.is_set():  # Ctrl-C during the backoff
-                    self._interrupted(step.id, key, attempt, outcome, tr)
-                    return None
-                continue
-            self._give_up(step, key, attempt, outcome, policy, tr)
-            return None
 
-    def _attempt(self, step: Step, key: str, components: dict[str, Any], args: dict[str, Any], attempt: int,
-                 timeout_s: float, tr: StepTrace) -> tuple[AttemptOutcome, Committed | None]:
-        ctx, sid = self.ctx, step.id
-        tag = f"{sid}-{attempt}-{uuid.uuid4().hex[:8]}"
-        staging = ctx.wd.staging / tag
-        staging.mkdir(exist_ok=True)  # the name is random: it exists only when prepared on purpose (tests do)
-        safefs.refuse_link(staging)  # ... and then it must be a real directory, never a link to elsewhere
-        staging = staging.resolve()
-        files = AttemptFiles(args_file=ctx.wd.attempts / tag / "args.json",
-                             stderr_log=ctx.wd.attempts / tag / "stderr.log", staging_dir=staging)
-        prefix = ctx.m.worker_argv(step.worker)
-        row = ctx.state.start_attempt(ctx.run_id, sid, attempt, key, str(staging))
-        ctx.events.emit("attempt_start", step=sid, attempt=attempt, staging_dir=str(staging),
-                        argv=prefix + ["--input", str(files.args_file)])
-        outcome = run_attempt(prefix, {**args, "output_dir": str(staging)}, files=files,
-                              cwd=ctx.m.base_dir, env=ctx.env, schemas=ctx.schemas, worker=step.worker,
-                              timeout_s=timeout_s, kill_grace_s=ctx.m.manifest.defaults.kill_grace_s,
-                              cancel=ctx.cancel, on_event=self._relay(sid, attempt),
-                              on_start=lambda pid: self._record_worker(row, pid))
-        committed = None
-        if outcome.ok:
-            try:
-                committed = self._commit(sid, staging, outcome, key, components, row)
-            except OSError as exc:
-                outcome = AttemptOutcome(ok=False, kind="commit_failed", message=f"could not commit: {exc}",
-                                         exit_code=outcome.exit_code, wall_s=outcome.wall_s,
-                                         peak_rss_mb=outcome.peak_rss_mb)
-        if committed is None:
-            ctx.state.end_attempt(row, _attempt_end(outcome))
-            safefs.remove_entry(staging)
-        record = {"attempt": attempt, "status": _attempt_status(outcome), "exit_code": outcome.exit_code,
-                  "error_kind": outcome.kind, "message": outcome.message or None, "wall_s": outcome.wall_s,
-                  "peak_rss_mb": outcome.peak_rss_mb, "warnings": outcome.warnings}
-        tr.attempts.append(record)
-        ctx.events.emit("attempt_end", step=sid, **record)
-        return outcome, committed
+def final_dir(wd: Workdir, sid: str, item: int) -> Path:
+    """steps/ID for a step; steps/ID/N for item N of a foreach step."""
+    base = wd.steps.resolve() / sid
+    return base if item == WHOLE_STEP else base / str(item)
 
-    def _record_worker(self, row: int, pid: int) -> None:
-        """The worker's pid and start time, so that a later runner can stop it if it outlives this one."""
-        if pid <= 0:  # a faked process (tests)
-            return
+
+def commit(wd: Workdir, state: StateDB, sid: str, item: int, staging: Path, outcome: AttemptOutcome, key: str,
+           components: dict[str, Any], row: int) -> Committed:
+    """Atomic rename of the staging dir into place, then the durable record (see docs/runner.md)."""
+    envelope = outcome.envelope or {}
+    final = final_dir(wd, sid, item)
+    if item != WHOLE_STEP:
+        safefs.refuse_link(final.parent)
+        final.parent.mkdir(exist_ok=True)
+    result = rewrite_prefix(envelope.get("result"), str(staging), str(final))
+    outputs = rewrite_prefix(envelope.get("outputs") or [], str(staging), str(final))
+    trash = None
+    if os.path.lexists(final):
+        trash = wd.trash / f"{sid}-{uuid.uuid4().hex[:8]}"
+        os.replace(final, trash)  # a rename moves a planted link itself, never what it points to
+    os.replace(staging, final)
+    state.commit_step(sid, key, components, result, outputs, str(final), row, attempt_end(outcome), item=item)
+    remember_output_hashes(state, outputs)
+    if trash is not None:
+        safefs.remove_entry(trash)
+    return Committed(result=result, key=key, directory=str(final))
+
+
+def remember_output_hashes(state: StateDB, outputs: list[dict[str, Any]]) -> None:
+    """The outputs' sha256 (verified in staging) memoised by (path, size, mtime): a rename keeps the mtime, so
+    neither a downstream step's cache key nor a resume's verification reads a large clip again."""
+    for out in outputs:
         try:
-            started = psutil.Process(pid).create_time()
-        except (psutil.Error, ValueError):
-            started = None
-        self.ctx.state.set_attempt_worker(row, pid, started)
-
-    def _relay(self, sid: str, attempt: int) -> Callable[[dict[str, Any]], None]:
-        """Worker stderr events become `progress` / `worker_log` / `worker_event` run events."""
-
-        def relay(ev: dict[str, Any]) -> None:
-            name = {"progress": "progress", "log": "worker_log"}.get(ev["event"], "worker_event")
-            payload = {k: v for k, v in ev.items() if k not in ("event", "ts", "run_id", "step", "attempt")}
-            self.ctx.events.emit(name, step=sid, attempt=attempt, worker_ts=ev.get("ts"), **payload)
-
-        return relay
-
-    def _interrupted(self, sid: str, key: str, attempt: int, outcome: AttemptOutcome, tr: StepTrace) -> None:
-        tr.status, tr.error = "interrupted", outcome.error_dict()
-        self.ctx.state.mark_failed(sid, key, outcome.error_dict(), status="interrupted")
-        self.ctx.events.emit("step_interrupted", step=sid, attempt=attempt)
-
-    def _back_off(self, sid: str, attempt: int, outcome: AttemptOutcome, policy: RetryPolicy) -> None:
-        delay = policy.backoff_s[min(attempt - 1, len(policy.backoff_s) - 1)]
-        delay *= 1 + self.ctx.rng.uniform(0, policy.jitter_fraction)
-        self.ctx.events.emit("retry_scheduled", step=sid, attempt=attempt, next_attempt=attempt + 1,
-                             delay_s=round(delay, 3), error_kind=outcome.kind, message=outcome.message)
-        self.ctx.wait(delay)
-
-    def _give_up(self, step: Step, key: str, attempt: int, outcome: AttemptOutcome, policy: RetryPolicy,
-                 tr: StepTrace) -> None:
-        tr.status, tr.error = "failed", outcome.error_dict()
-        self.ctx.state.mark_failed(step.id, key, outcome.error_dict())
-        if outcome.kind not in policy.retry_on:
-            why = f"'{outcome.kind}' is not retried"
-        elif not _should_retry(outcome, policy.retry_on):
-            why = "the worker said retryable=false"
-        else:
-            why = "retries exhausted"
-        self.ctx.events.emit("step_failed", step=step.id, attempts=attempt, optional=step.optional, why=why,
-                             **outcome.error_dict())
-
-    def _commit(self, sid: str, staging: Path, outcome: AttemptOutcome, key: str, components: dict[str, Any],
-                row: int) -> Committed:
-        """Atomic rename of the staging dir into steps/ID, then the durable record (see docs/runner.md)."""
-        wd = self.ctx.wd
-        envelope = outcome.envelope or {}
-        final = wd.steps.resolve() / sid
-        result = rewrite_prefix(envelope.get("result"), str(staging), str(final))
-        outputs = rewrite_prefix(envelope.get("outputs") or [], str(staging), str(final))
-        trash = None
-        if os.path.lexists(final):
-            trash = wd.trash / f"{sid}-{uuid.uuid4().hex[:8]}"
-            os.replace(final, trash)  # a rename moves a planted link itself, never what it points to
-        os.replace(staging, final)
-        self.ctx.state.commit_step(sid, key, components, result, outputs, str(final), row, _attempt_end(outcome))
-        if trash is not None:
-            safefs.remove_entry(trash)
-        return Committed(result=result, key=key, directory=str(final))
+            st = os.stat(out["path"], follow_symlinks=False)
+        except OSError:
+            continue
+        if st.st_size == out["bytes"]:
+            state.store_hash(out["path"], st.st_size, st.st_mtime_ns, out["sha256"])
 
 
-def _should_retry(outcome: AttemptOutcome, retry_on: list[str]) -> bool:
+def should_retry(outcome: AttemptOutcome, retry_on: list[str]) -> bool:
     if outcome.kind not in retry_on:
         return False
     if outcome.kind in WORKER_KINDS:
@@ -192,14 +86,28 @@ def _should_retry(outcome: AttemptOutcome, retry_on: list[str]) -> bool:
     return True
 
 
-def _attempt_status(outcome: AttemptOutcome) -> str:
+def why_given_up(outcome: AttemptOutcome, policy: RetryPolicy) -> str:
+    if outcome.kind not in policy.retry_on:
+        return f"'{outcome.kind}' is not retried"
+    if not should_retry(outcome, policy.retry_on):
+        return "the worker said retryable=false"
+    return "retries exhausted"
+
+
+def backoff_s(policy: RetryPolicy, attempt: int, jitter: float) -> float:
+    """The wait before the attempt after `attempt`; `jitter` is a random number in [0, 1)."""
+    delay = policy.backoff_s[min(attempt - 1, len(policy.backoff_s) - 1)]
+    return delay * (1 + jitter * policy.jitter_fraction)
+
+
+def attempt_state(outcome: AttemptOutcome) -> State:
     if outcome.ok:
-        return "committed"
-    return "interrupted" if outcome.kind == "interrupted" else "failed"
+        return State.COMMITTED
+    return State.INTERRUPTED if outcome.kind == "interrupted" else State.FAILED
 
 
-def _attempt_end(outcome: AttemptOutcome) -> AttemptEnd:
-    return AttemptEnd(status=_attempt_status(outcome), exit_code=outcome.exit_code, error_kind=outcome.kind,
+def attempt_end(outcome: AttemptOutcome) -> AttemptEnd:
+    return AttemptEnd(status=attempt_state(outcome).value, exit_code=outcome.exit_code, error_kind=outcome.kind,
                       message=outcome.message or None, retryable=None if outcome.ok else outcome.retryable,
                       wall_s=outcome.wall_s, peak_rss_mb=outcome.peak_rss_mb)
 

@@ -18,14 +18,6 @@ from typing import Any
 from . import cli, commands
 
 
-def _runner_parsers() -> dict[str, tuple[argparse.ArgumentParser, str | None]]:
-    """name -> (parser, one-line help) of bridge.cli's commands, so that their options are defined once."""
-    parser = cli.build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    helps = {a.dest: a.help for a in sub._choices_actions}
-    return {name: (p, helps.get(name)) for name, p in sub.choices.items()}
-
-
 def _worker_names(**_: Any) -> list[str]:
     """Completion of `call WORKER`: read from the registry only when completing (the runner imports no workers)."""
     from workers.contract.registry import WORKER_CONTRACT_MODULES
@@ -73,7 +65,7 @@ def _add_call(sub) -> None:
 
 #: The front door's own commands; a command of the same name in bridge.cli takes precedence.
 FRONT_COMMANDS = {"report": _add_report, "clean": _add_clean, "workers": _add_workers, "call": _add_call}
-#: How `storybridge --help` lists the commands (any other bridge.cli command follows).
+#: How `storybridge --help` lists the commands (any other command follows).
 ORDER = ("run", "validate", "report", "clean", "schema", "workers", "call")
 
 
@@ -81,13 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="storybridge", description=__doc__.split("\n\n")[0].strip() + " See "
                                      "`storybridge COMMAND --help`.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    runner = _runner_parsers()
-    for name in [*ORDER, *(n for n in runner if n not in ORDER)]:
-        if name in runner:  # every runner command, as bridge.cli defines it
-            source, one_line = runner[name]
-            sub.add_parser(name, parents=[source], add_help=False, help=one_line, description=source.description)
-        elif name in FRONT_COMMANDS:
-            FRONT_COMMANDS[name](sub)
+    commands_by_name = {**FRONT_COMMANDS, **cli.RUNNER_COMMANDS}  # the runner's options are defined once, there
+    for name in [*ORDER, *(n for n in commands_by_name if n not in ORDER)]:
+        commands_by_name[name](sub)
     return parser
 
 

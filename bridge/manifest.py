@@ -15,9 +15,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
-from . import refs
+from . import fanout, refs
 from .jsondoc import MAX_NESTING, loads_strict, shape_problems
 from .manifest_checks import Problem, structure_problems, topological_order
+from .resources import Fallback, Resources
 from .schemas import SchemaStore
 
 MANIFEST_VERSION = 1
@@ -91,6 +92,13 @@ class Step(BaseModel):
         "file the worker writes). Their values still count as args.",
     )
     description: str | None = None
+    foreach: str | None = Field(
+        default=None, pattern=r"^\$\{steps\.",
+        description="`${steps.ID.result.PATH}` naming a list: the step runs once per item, with `${item}`, "
+        "`${item.PATH}` and `${index}` in its args; each item is cached, retried and committed on its own.",
+    )
+    resources: Resources | None = Field(default=None, description="What one attempt needs (slots, GPUs, memory).")
+    fallback: Fallback | None = Field(default=None, description="`cpu`: without GPUs, a GPU step runs on CPU.")
 
     def retry_policy(self, defaults: Defaults) -> RetryPolicy:
         base = defaults.retry.model_dump()
@@ -137,6 +145,7 @@ class LoadedManifest:
     order: list[str]  # topological order (manifest order among independent steps)
     deps: dict[str, list[str]]  # step -> direct dependencies (needs + references), in manifest order
     steps: dict[str, Step] = field(default_factory=dict)
+    stream_from: dict[str, str] = field(default_factory=dict)  # foreach step -> the foreach step it streams from
 
     def worker_argv(self, worker: str) -> list[str]:
         """The argv prefix of a worker. A relative program path (`./w.py`, `sub/w.py`) is made absolute against
@@ -226,13 +235,17 @@ def check_document(doc: Any, manifest_path: Path, schemas: SchemaStore | None = 
     deps: dict[str, list[str]] = {}
     for s in manifest.steps:
         found, _ = refs.find(s.args, "$")
-        deps[s.id] = list(dict.fromkeys(list(s.needs) + [r.step for _, r in found]))
+        over = [refs.parse(s.foreach).step] if s.foreach else []
+        deps[s.id] = list(dict.fromkeys(list(s.needs) + over + [r.step for _, r in found]))
+    with_foreach = {s.id for s in manifest.steps if s.foreach}
+    stream_from = {s.id: src for s in manifest.steps
+                   if (src := fanout.stream_source(s.foreach, with_foreach, s.args)) is not None}
     order = topological_order([s.id for s in manifest.steps], deps)
     base_dir = manifest_path.resolve().parent
     workdir = Path(os.path.expanduser(manifest.workdir)) if manifest.workdir else Path(f"{manifest.name}.work")
     workdir = workdir if workdir.is_absolute() else base_dir / workdir
     return LoadedManifest(manifest=manifest, path=manifest_path.resolve(), base_dir=base_dir, workdir=workdir,
-                          order=order, deps=deps, steps=steps)
+                          order=order, deps=deps, steps=steps, stream_from=stream_from)
 
 
 def load(path: str | os.PathLike[str], schemas: SchemaStore | None = None) -> LoadedManifest:

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from . import refs
+from . import fanout, refs
 from .schemas import SchemaStore, path_in_schema
 
 _MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -53,6 +53,9 @@ def structure_problems(doc: Any, schemas: SchemaStore) -> list[Problem]:
         problems += _needs_problems(s.get("needs"), sid, base, graph)
         if isinstance(s.get("args"), dict):
             problems += _args_problems(s["args"], sid, base, graph, schemas)
+            problems += [Problem(*p) for p in fanout.item_problems(s["args"], f"{base}.args", bool(s.get("foreach")))]
+        if isinstance(s.get("foreach"), str):
+            problems += _foreach_problems(s["foreach"], sid, base, graph)
     for cycle in cycles(graph.edges):
         problems.append(Problem(f"$.steps[{ids[cycle[0]]}]", "dependency cycle: " + " -> ".join(cycle + [cycle[0]]),
                                 "cycle"))
@@ -116,6 +119,20 @@ def _args_problems(args: dict, sid: str | None, base: str, graph: _Graph, schema
                 graph.edges[sid].append(ref.step)
             problems += _result_path_problems(where, ref, graph.worker_of.get(ref.step), schemas)
     return problems
+
+
+def _foreach_problems(text: str, sid: str | None, base: str, graph: _Graph) -> list[Problem]:
+    ref = refs.parse(text)
+    where = f"{base}.foreach"
+    if ref is None:
+        return [Problem(where, f"{text[:120]!r} is not a reference `${{steps.ID.result.PATH}}`", "bad_reference")]
+    if ref.step == sid:
+        return [Problem(where, f"{ref.text}: a step cannot fan out over its own result", "self_reference")]
+    if ref.step not in graph.ids:
+        return [Problem(where, f"{ref.text}: unknown step '{ref.step}'", "unknown_step")]
+    if sid in graph.edges:
+        graph.edges[sid].append(ref.step)
+    return []
 
 
 def _result_path_problems(where: str, ref: refs.Reference, producer: Any, schemas: SchemaStore) -> list[Problem]:

@@ -1,6 +1,6 @@
-"""Deciding, per step, whether to run it and why (`--explain`), and which steps a selection covers.
-
-Separate from executing (`execute.StepExecutor`), so a parallel scheduler can later call both from worker slots.
+"""Deciding, per unit (a step, or one item of a foreach step), whether to run it and why (`--explain`), and
+which steps a selection covers. What the run knows so far (results, keys, failures) lives here; the
+coordinator is the only one that changes it.
 """
 
 from __future__ import annotations
@@ -10,10 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import cachekey, refs
+from . import cachekey, fanout, refs
 from .answer import verify_outputs
 from .manifest import LoadedManifest
-from .state import StateDB, StepRecord
+from .state import WHOLE_STEP, StateDB, StepRecord
+from .states import Action, unit_label
 from .worker_client import DescribeFailed, WorkerIdentity, describe
 
 
@@ -24,7 +25,7 @@ class SelectionError(ValueError):
 @dataclass
 class Decision:
     step: str
-    action: str  # run | skip | blocked | fail
+    action: Action
     reason: str
     key: str | None = None
     components: dict[str, Any] | None = None
@@ -33,6 +34,11 @@ class Decision:
     record: StepRecord | None = None
     kind: str | None = None  # for `fail`: worker_unavailable | invalid_reference | input_unreadable
     exit_code: int | None = None  # for `fail`: the exit code of a failed `--describe`
+    item: int = WHOLE_STEP
+
+    @property
+    def label(self) -> str:
+        return unit_label(self.step, None if self.item == WHOLE_STEP else self.item)
 
 
 class Planner:
@@ -46,41 +52,81 @@ class Planner:
         self.env = env
         self.cancel = cancel
         self.identities: dict[str, WorkerIdentity | DescribeFailed] = {}
-        self.results: dict[str, Any] = {}
-        self.keys: dict[str, str] = {}
-        self.failed: dict[str, str] = {}  # step -> why it produced nothing (failed / blocked)
+        self.results: dict[str, Any] = {}  # step -> result (a foreach step's: its item results, in order)
+        self.item_results: dict[str, Any] = {}  # "ID[i]" -> that item's result
+        self.keys: dict[str, str] = {}  # "ID" or "ID[i]" -> committed cache key
+        self.failed: dict[str, str] = {}  # "ID" or "ID[i]" -> why it produced nothing (failed / blocked)
 
-    def decide(self, sid: str, pending: set[str] | None = None) -> Decision:
+    def unit_deps(self, sid: str, item: int = WHOLE_STEP) -> list[str]:
+        """The labels a unit needs: its step's dependencies; an item of a streaming step, the upstream item."""
+        source = self.m.stream_from.get(sid)
+        deps = [d for d in self.m.deps[sid] if d != source]
+        if source is not None and item != WHOLE_STEP:
+            deps.append(unit_label(source, item))
+        return deps
+
+    def blocked(self, sid: str, deps: list[str]) -> Decision | None:
+        blocked = [d for d in deps if d in self.failed]
+        if not blocked:
+            return None
+        why = "; ".join(f"{d}: {self.failed[d]}" for d in blocked)
+        kind = "optional upstream" if all(self.m.steps[d.split("[")[0]].optional for d in blocked) else "upstream"
+        return Decision(sid, Action.BLOCKED, f"{kind} {', '.join(blocked)} produced no result ({why})")
+
+    def decide(self, sid: str, pending: set[str] | None = None, item: int = WHOLE_STEP,
+               item_value: Any = None) -> Decision:
         """Run or skip, and why. `pending` (dry-run only): upstream steps that would run first."""
         step = self.m.steps[sid]
-        deps = self.m.deps[sid]
-        blocked = [d for d in deps if d in self.failed]
+        deps = self.unit_deps(sid, item)
+        blocked = self.blocked(sid, deps)
         if blocked:
-            why = "; ".join(f"{d}: {self.failed[d]}" for d in blocked)
-            kind = "optional upstream" if all(self.m.steps[d].optional for d in blocked) else "upstream"
-            return Decision(sid, "blocked", f"{kind} {', '.join(blocked)} produced no result ({why})")
+            blocked.item = item
+            return blocked
         waiting = [d for d in deps if pending and d in pending]
         if waiting:
-            return Decision(sid, "run", f"upstream will run first: {', '.join(waiting)} (decided after it)")
+            return Decision(sid, Action.RUN, f"upstream will run first: {', '.join(waiting)} (decided after it)",
+                            item=item)
         try:
             identity = self._identity(step.worker)
         except DescribeFailed as exc:
-            return Decision(sid, "fail", f"worker '{step.worker}' unavailable: {exc}", kind="worker_unavailable",
-                            exit_code=exc.exit_code)
+            return Decision(sid, Action.FAIL, f"worker '{step.worker}' unavailable: {exc}",
+                            kind="worker_unavailable", exit_code=exc.exit_code, item=item)
         try:
-            args = refs.resolve(step.args, self.results)
-            upstream = {d: self.keys[d] for d in deps if d in self.keys}
+            args = fanout.resolve_args(step.args, self.results, item_value,
+                                       None if item == WHOLE_STEP else item)
+            list_only = self._list_only_source(sid) if item != WHOLE_STEP else None
+            upstream = {d: self.keys[d] for d in deps if d in self.keys and d != list_only}
             parts = cachekey.components(identity, args, self.m.base_dir, upstream, self.state,
                                         step.ignore_input_files)
         except refs.RefError as exc:
-            return Decision(sid, "fail", f"reference cannot be resolved: {exc}", identity=identity,
-                            kind="invalid_reference")
+            return Decision(sid, Action.FAIL, f"reference cannot be resolved: {exc}", identity=identity,
+                            kind="invalid_reference", item=item)
         except cachekey.InputUnreadable as exc:
-            return Decision(sid, "fail", str(exc), identity=identity, kind="input_unreadable")
+            return Decision(sid, Action.FAIL, str(exc), identity=identity, kind="input_unreadable", item=item)
         key = cachekey.key_of(parts)
-        rec = self.state.step(sid)
-        return self._against_record(sid, rec, Decision(sid, "run", "", key=key, components=parts, args=args,
-                                                       identity=identity, record=rec))
+        rec = self.state.step(sid, item)
+        return self._against_record(sid, rec, Decision(sid, Action.RUN, "", key=key, components=parts, args=args,
+                                                       identity=identity, record=rec, item=item))
+
+    def _list_only_source(self, sid: str) -> str | None:
+        """The step a foreach step's list comes from, when nothing else in the step uses it: an item's key then
+        counts its own item (in its args), not the whole list, so a changed item redoes only itself."""
+        ref = refs.parse(self.m.steps[sid].foreach or "")
+        step = self.m.steps[sid]
+        if ref is None or ref.step in step.needs or any(r.step == ref.step for _, r in refs.find(step.args, "$")[0]):
+            return None
+        return ref.step
+
+    def foreach_list(self, sid: str) -> list[Any]:
+        """The list a foreach step runs over (its upstream is settled). Raises RefError."""
+        ref = refs.parse(self.m.steps[sid].foreach or "")
+        assert ref is not None
+        if ref.step not in self.results:
+            raise refs.RefError(f"{ref.text}: step '{ref.step}' has no committed result")
+        value = refs.lookup(self.results[ref.step], ref)
+        if not isinstance(value, list):
+            raise refs.RefError(f"{ref.text}: foreach needs a list, got {type(value).__name__}")
+        return value
 
     def _against_record(self, sid: str, rec: StepRecord | None, d: Decision) -> Decision:
         """The reason to run (or to skip), comparing the new key with the committed record."""
@@ -100,14 +146,14 @@ class Planner:
                 kind = "output missing" if any("missing" in p for p in problems) else "output corrupt"
                 d.reason = f"{kind}: {problems[0]}"
             else:
-                d.action, d.reason = "skip", "up to date (cache hit)"
+                d.action, d.reason = Action.SKIP, "up to date (cache hit)"
         return d
 
     def verify_committed(self, rec: StepRecord) -> list[str]:
         if not rec.committed_dir or not Path(rec.committed_dir).is_dir() or Path(rec.committed_dir).is_symlink():
             return [f"committed directory {rec.committed_dir} is missing"]
         problem = self.state.load_result(rec)
-        return ([problem] if problem else []) + verify_outputs(rec.outputs)
+        return ([problem] if problem else []) + verify_outputs(rec.outputs, memo=self.state)
 
     def _identity(self, worker: str) -> WorkerIdentity:
         """`--describe`, once per worker per run."""
@@ -124,8 +170,40 @@ class Planner:
 
     def use_committed(self, sid: str, rec: StepRecord | None) -> None:
         assert rec is not None and rec.committed_key is not None
-        self.results[sid] = rec.result
-        self.keys[sid] = rec.committed_key
+        self.use_result(sid, rec.item, rec.result, rec.committed_key)
+
+    def use_result(self, sid: str, item: int, result: Any, key: str) -> None:
+        if item == WHOLE_STEP:
+            self.results[sid], self.keys[sid] = result, key
+        else:
+            label = unit_label(sid, item)
+            self.item_results[label], self.keys[label] = result, key
+
+    def gather_items(self, sid: str, count: int) -> None:
+        """A foreach step whose items all produced: its result is their results in order; its key covers theirs."""
+        labels = [unit_label(sid, i) for i in range(count)]
+        self.results[sid] = [self.item_results[lb] for lb in labels]
+        self.keys[sid] = cachekey.sha([self.keys[lb] for lb in labels])
+
+    def _committed_upstream(self, dep: str) -> str | None:
+        """Load a step committed by an earlier run (all its items, for a foreach step); None, or what is wrong."""
+        if not self.m.steps[dep].foreach:
+            rec = self.state.step(dep)
+            problems = self.verify_committed(rec) if rec is not None and rec.committed else ["not committed"]
+            if not problems:
+                self.use_committed(dep, rec)
+            return problems[0] if problems else None
+        items = self.state.step_items(dep)
+        if not items or sorted(items) != list(range(len(items))):
+            return "its items are not all committed"
+        for i in range(len(items)):
+            rec = items[i]
+            problems = self.verify_committed(rec) if rec.committed else ["not committed"]
+            if problems:
+                return f"item {i}: {problems[0]}"
+            self.use_committed(dep, rec)
+        self.gather_items(dep, len(items))
+        return None
 
     def select(self, only: set[str], until: set[str]) -> list[str]:
         names = set(self.m.order)
@@ -146,12 +224,9 @@ class Planner:
             for dep in self.m.deps[sid]:
                 if dep in chosen or dep in self.results:
                     continue
-                rec = self.state.step(dep)
-                problems = self.verify_committed(rec) if rec is not None and rec.committed else ["not committed"]
-                if problems:
-                    missing.append(f"{sid} needs {dep} ({problems[0]})")
-                else:
-                    self.use_committed(dep, rec)
+                problem = self._committed_upstream(dep)
+                if problem:
+                    missing.append(f"{sid} needs {dep} ({problem})")
         if missing:
             raise SelectionError("--only: upstream results are not committed: " + "; ".join(missing)
                                  + " — run them first (e.g. --until)")
@@ -162,10 +237,30 @@ class Planner:
         pending: set[str] = set()
         plan = []
         for sid in selected:
-            d = self.decide(sid, pending)
-            if d.action == "skip":
-                self.use_committed(sid, d.record)
-            elif d.action in ("run", "fail"):
+            decisions = self._plan_step(sid, pending)
+            if any(d.action in (Action.RUN, Action.FAIL) for d in decisions):
                 pending.add(sid)
-            plan.append(d)
+            elif self.m.steps[sid].foreach and all(d.action == Action.SKIP for d in decisions):
+                self.gather_items(sid, len(decisions))
+            plan.extend(decisions)
         return plan
+
+    def _plan_step(self, sid: str, pending: set[str]) -> list[Decision]:
+        if not self.m.steps[sid].foreach:
+            d = self.decide(sid, pending)
+            if d.action == Action.SKIP:
+                self.use_committed(sid, d.record)
+            return [d]
+        waiting = [d for d in self.m.deps[sid] if d in pending]
+        if waiting:
+            return [Decision(sid, Action.RUN, f"foreach; upstream will run first: {', '.join(waiting)} "
+                             "(items decided after it)")]
+        try:
+            values = self.foreach_list(sid)
+        except refs.RefError as exc:
+            return [Decision(sid, Action.FAIL, f"reference cannot be resolved: {exc}", kind="invalid_reference")]
+        decisions = [self.decide(sid, pending, i, v) for i, v in enumerate(values)]
+        for d in decisions:
+            if d.action == Action.SKIP:
+                self.use_committed(sid, d.record)
+        return decisions

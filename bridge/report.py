@@ -12,8 +12,9 @@ from . import safefs
 
 @dataclass
 class StepTrace:
-    # committed | cached | failed | skipped | interrupted | not_selected; "pending" only while the step is
-    # being decided or run (an uncaught exception turns it into failed or interrupted).
+    # a bridge.states.State value: committed | cached | failed | skipped | interrupted | not_selected once
+    # settled; pending, waiting or running before (an uncaught exception turns those into failed or
+    # interrupted). For a foreach step, `items` holds one StepTrace per item.
     status: str = "pending"
     reason: str = ""
     cache_hit: bool = False
@@ -22,9 +23,16 @@ class StepTrace:
     attempts: list[dict[str, Any]] = field(default_factory=list)
     wall_s: float = 0.0
     error: dict[str, Any] | None = None
+    items: dict[int, StepTrace] | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"status": self.status, "reason": self.reason, "cache_hit": self.cache_hit,
+        doc = self._fields()
+        if self.items is not None:
+            doc["items"] = [{"item": i, **self.items[i]._fields()} for i in sorted(self.items)]
+        return doc
+
+    def _fields(self) -> dict[str, Any]:
+        return {"status": str(self.status), "reason": self.reason, "cache_hit": self.cache_hit,
                 "cache_key": self.cache_key, "optional": self.optional, "wall_s": self.wall_s,
                 "peak_rss_mb": max((a["peak_rss_mb"] or 0 for a in self.attempts), default=None),
                 "error": self.error, "attempts": self.attempts}
@@ -45,6 +53,8 @@ def write_trace(path: Path, doc: dict[str, Any]) -> None:
 def human_line(ev: dict[str, Any]) -> str | None:
     """The console line for an event, or None for events the console does not show."""
     e, sid = ev["event"], ev.get("step")
+    if ev.get("item") is not None:
+        sid = f"{sid}[{ev['item']}]"
     if e == "step_start":
         return f"▶ {sid} ({ev['worker']}): {ev['reason']}"
     if e == "step_skipped":
@@ -52,7 +62,11 @@ def human_line(ev: dict[str, Any]) -> str | None:
     if e == "retry_scheduled":
         return f"↻ {sid} attempt {ev['attempt']} failed ({ev['error_kind']}); retry in {ev['delay_s']:g} s"
     if e == "step_committed":
+        if ev.get("items") is not None:
+            return f"✓ {sid} committed: {ev['items']} item(s)"
         return f"✓ {sid} committed after {ev['attempts']} attempt(s)"
+    if e == "foreach_start":
+        return f"⇉ {sid}: {ev['items']} item(s)" + (f", streaming from {ev['streaming_from']}" if ev.get("streaming_from") else "")
     if e == "step_failed":
         return f"✗ {sid} failed ({ev.get('kind')}): {str(ev.get('message', ''))[:300]}"
     if e == "step_interrupted":
@@ -71,5 +85,9 @@ def print_summary(console: TextIO, title: str, rows: list[tuple[str, str, StepTr
         table.add_column(column, justify=justify, overflow="fold")
     for sid, worker, tr in rows:
         why = (tr.error or {}).get("message") or tr.reason
-        table.add_row(sid, worker, tr.status, str(len(tr.attempts)), f"{tr.wall_s:.2f}", str(why)[:160])
+        if tr.items:
+            failed = [i for i, t in sorted(tr.items.items()) if t.status in ("failed", "skipped", "interrupted")]
+            why = f"{len(tr.items)} items" + (f"; without result: {failed[:20]}" if failed else "")
+        attempts = sum(len(t.attempts) for t in tr.items.values()) if tr.items else len(tr.attempts)
+        table.add_row(sid, worker, str(tr.status), str(attempts), f"{tr.wall_s:.2f}", str(why)[:160])
     Console(file=console, width=120 if not console.isatty() else None, highlight=False).print(table)

@@ -26,7 +26,7 @@ from pathlib import Path
 from . import safefs
 from .lock import WorkdirLock
 from .state import StateDB
-from .workdir import Workdir
+from .workdir import Workdir, check_existing
 
 _AGE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -54,9 +54,11 @@ class ResumeNeeds:
 
 def resume_needs(wd: Workdir, state: StateDB) -> ResumeNeeds:
     """The one place that knows which files the records name: adapt it when the workdir layout changes."""
-    records = [state.step(row[0]) for row in state.db.execute("SELECT step_id FROM steps")]
+    records = [state.step(sid, item) for sid, item in state.db.execute("SELECT step_id, item FROM steps")]
     return ResumeNeeds(
-        committed_dirs=frozenset(Path(r.committed_dir).name for r in records if r and r.committed and r.committed_dir),
+        # a foreach item commits into steps/ID/N: keep its step's directory (item -1 is a whole step)
+        committed_dirs=frozenset(Path(r.committed_dir).parent.name if r.item >= 0 else Path(r.committed_dir).name
+                                 for r in records if r and r.committed and r.committed_dir),
         result_files=frozenset(r.result_file["name"] for r in records if r and r.result_file))
 
 
@@ -79,6 +81,7 @@ class Plan:
     removals: list[Removal] = field(default_factory=list)
     events_keep: Callable[[bytes], bool] | None = None  # events.jsonl is rewritten to the lines this keeps
     events_freed: int = 0
+    failures: list[str] = field(default_factory=list)  # "path: reason" of what could not be removed
 
     @property
     def bytes_freed(self) -> int:
@@ -126,9 +129,21 @@ class _Sweep:
 
     def attempt_dirs(self, kept_runs: set[str]) -> None:
         """Attempt directories (`<step>-<attempt>-<rand>`, the name of the attempt's staging dir) of older runs."""
-        run_of = {Path(a["staging_dir"]).name: a["run_id"] for a in self.state.attempts() if a["staging_dir"]}
-        keep = {tag for tag, run in run_of.items() if run in kept_runs}
+        attempts = [a for a in self.state.attempts() if a["staging_dir"]]
+        keep = {Path(a["staging_dir"]).name for a in attempts if a["run_id"] in kept_runs}
+        keep |= self._current_output_attempts(attempts)
         self.remove_unless(self.wd.attempts, keep, "attempt log (args, stderr) of an older run")
+
+    def _current_output_attempts(self, attempts: list[dict]) -> set[str]:
+        """The attempt behind each committed output (its args and stderr are the logs most worth keeping): the
+        last committed attempt of each step or item whose record is committed."""
+        committed = {(sid, item) for sid, item, status in self.state.db.execute(
+            "SELECT step_id, item, status FROM steps") if status == "committed"}
+        last: dict[tuple[str, int], str] = {}
+        for a in attempts:  # in id order: a later commit of the same unit replaces an earlier one
+            if a["status"] == "committed" and (a["step_id"], a["item"]) in committed:
+                last[(a["step_id"], a["item"])] = Path(a["staging_dir"]).name
+        return set(last.values())
 
     def events(self, kept_runs: set[str]) -> None:
         """The lines of older runs in events.jsonl (read line by line: the file can be large)."""
@@ -174,8 +189,15 @@ def plan_clean(wd: Workdir, state: StateDB, policy: Policy, now: float | None = 
 
 
 def apply(wd: Workdir, plan: Plan) -> None:
+    """Remove what the plan lists; what could not be removed leaves `removals` for `failures` (not counted freed)."""
+    done: list[Removal] = []
     for removal in plan.removals:
-        safefs.remove_entry(removal.path)  # a link is removed as a link; rmtree never follows one
+        failures = safefs.remove_entry_checked(removal.path)  # a link goes as a link; rmtree never follows one
+        if failures:
+            plan.failures.extend(failures)
+        else:
+            done.append(removal)
+    plan.removals = done
     if plan.events_keep is not None:
         _rewrite_lines(wd.events, plan.events_keep)
 
@@ -199,6 +221,7 @@ def clean(root: Path, policy: Policy, *, dry_run: bool = False, now: float | Non
     directory should be)."""
     wd = Workdir(root)
     safefs.refuse_link(wd.bridge)
+    check_existing(root)  # as `run` does: a link or a wrong type where a runner file or directory should be
     if not wd.state_db.is_file():
         raise NotAWorkdir(f"{root} is not a storybridge workdir (no {wd.state_db})")
     with WorkdirLock(wd.lock):

@@ -1,9 +1,9 @@
-"""The reference runner: plan, skip what is committed and still verifies, run the rest with retries, commit
-atomically, record everything.
+"""The reference runner: plan, skip what is committed and still verifies, run the rest concurrently with
+retries, commit atomically, record everything.
 
-Steps run one at a time in topological order. The decision for one step (`planner.Planner.decide`) and the
-execution of one step (`execute.StepExecutor.execute`) are separate so a parallel scheduler can later call them
-from worker slots. This module runs the whole: workdir, lock, recovery, the step loop, the records.
+This module runs the whole: workdir, lock, state format, recovery, selection, then hands the selected steps
+to the coordinator (coordinator.py), which decides units (planner.py), queues them for slots (scheduler.py,
+resources.py) and runs their attempts through an executor (executor.py, warm_pool.py); then the records.
 """
 
 from __future__ import annotations
@@ -14,23 +14,26 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from . import report, workdir
+from . import machine, progress, report, workdir
 from .answer import clip
+from .coordinator import Coordinator, RunContext
 from .events import EventLog
-from .execute import RunContext, StepExecutor
+from .executor import LocalExecutor
 from .lock import WorkdirLock, WorkdirLocked
 from .manifest import LoadedManifest
-from .planner import Decision, Planner, SelectionError
+from .planner import Planner, SelectionError
 from .proctree import stop_leftover
 from .report import StepTrace
+from .resources import Gpu, SlotPool
 from .safefs import UnsafePath
+from .scheduler import Scheduler
 from .schemas import SchemaMissing, SchemaStore
-from .state import StateDB
+from .state import StateDB, StateFormatError
+from .states import State
 from .worker_client import WorkerIdentity, worker_env
 
 EXIT_OK = 0
@@ -50,18 +53,22 @@ class RunOptions:
     dry_run: bool = False
     explain: bool = False
     events_stdout: bool = False
+    jobs: int = 1  # the CLI's default is the CPU count
+    gpus: list[Gpu] | None = None  # None: detect (NVML, else nvidia-smi)
+    warm: bool = True  # keep --serve workers for workers that advertise it
+    warm_idle_s: float = 60.0
+    quiet: bool = False
 
 
 class Runner:
     def __init__(self, loaded: LoadedManifest, options: RunOptions | None = None, *,
-                 schemas: SchemaStore | None = None, sleep: Callable[[float], None] | None = None,
+                 schemas: SchemaStore | None = None,
                  console: TextIO | None = None, events_mirror: TextIO | None = None,
                  cancel: threading.Event | None = None, rng: random.Random | None = None):
         self.m = loaded
         self.opts = options or RunOptions()
         self.schemas = schemas or SchemaStore()
         self.cancel = cancel or threading.Event()
-        self._sleep = sleep
         self.rng = rng or random.Random()
         self.wd = workdir.Workdir(loaded.workdir)
         self.env = worker_env()
@@ -72,7 +79,9 @@ class Runner:
         self.state: StateDB | None = None
         self.planner: Planner | None = None
         self.events: EventLog | None = None
-        self._current: str | None = None  # the step being decided or executed (for an uncaught exception)
+        self.slots: SlotPool | None = None
+        self.coordinator: Coordinator | None = None
+        self.display: progress.PlainLines | progress.RichProgress | None = None
 
     @property
     def workdir(self) -> Path:
@@ -84,6 +93,11 @@ class Runner:
             self.wd = workdir.prepare(self.m.workdir)
         except (workdir.WorkdirUnusable, UnsafePath) as exc:
             self._say(f"[unusable workdir] {exc}")
+            return EXIT_INVALID
+        try:
+            self.slots = machine.slot_pool(self.m, self.opts.jobs, self.opts.gpus, self.env)
+        except machine.ResourcesImpossible as exc:
+            self._say(f"[resources] {exc}")
             return EXIT_INVALID
         if self.opts.dry_run:
             return self._dry_run()
@@ -111,9 +125,15 @@ class Runner:
 
     def _locked_run(self) -> int:
         started = time.monotonic()
-        self._open_state()
+        try:
+            self._open_state()
+        except StateFormatError as exc:
+            self._say(f"[unusable workdir] {exc}")
+            return EXIT_INVALID
         self.events = EventLog(self.wd.events, self.run_id, self.events_mirror)
-        self.events.listeners.append(self._human)
+        self.display = progress.for_console(self.console, self.opts.quiet, len(self.m.order))
+        if self.display is not None:
+            self.events.listeners.append(self.display)
         try:
             exit_code = self._run_body()
         except BaseException as exc:
@@ -133,6 +153,8 @@ class Runner:
             self._write_trace(exit_code, status, time.monotonic() - started)
             self.events.emit("run_end", status=status, exit_code=exit_code,
                              wall_s=round(time.monotonic() - started, 3), summary=report.status_counts(self.trace))
+            if self.display is not None:
+                self.display.close()
             self._print_summary(exit_code)
         finally:
             self.events.close()
@@ -143,12 +165,9 @@ class Runner:
         kind = "interrupted" if step_status == "interrupted" else "runner_error"
         error = {"kind": kind, "message": clip(f"{type(exc).__name__}: {exc}"), "retryable": False, "exit_code": None}
         try:
+            if self.coordinator is not None:
+                self.coordinator.mark_unsettled(State(step_status), error)
             self.state.settle_running(self.run_id, step_status, error)
-            if self._current is not None:
-                tr = self.trace[self._current]
-                if tr.status == "pending":
-                    tr.status, tr.error = step_status, error
-                    self.state.mark_failed(self._current, tr.cache_key, error, status=step_status)
         except Exception:  # noqa: BLE001 - never hide the original exception behind a second one
             pass
 
@@ -175,7 +194,9 @@ class Runner:
         grace_s = self.m.manifest.defaults.kill_grace_s
         for left in self.state.recover_abandoned():
             stopped = bool(left.worker_pid) and stop_leftover(left.worker_pid, left.worker_started, grace_s)
-            self.events.emit("attempt_abandoned", step=left.step_id, attempt=left.attempt, previous_run=left.run_id,
+            item = {} if left.item < 0 else {"item": left.item}
+            self.events.emit("attempt_abandoned", step=left.step_id, **item, attempt=left.attempt,
+                             previous_run=left.run_id,
                              worker_pid=left.worker_pid, worker_stopped=stopped,
                              message="the previous runner stopped while this attempt ran")
 
@@ -186,56 +207,26 @@ class Runner:
     def _execute_all(self, selected: list[str]) -> int:
         for sid in self.m.order:
             if sid not in selected:
-                self.trace[sid] = StepTrace(status="not_selected", optional=self.m.steps[sid].optional)
-        executor = StepExecutor(RunContext(m=self.m, wd=self.wd, state=self.state, events=self.events,
-                                           schemas=self.schemas, env=self.env, cancel=self.cancel,
-                                           run_id=self.run_id, wait=self._wait, rng=self.rng))
-        for sid in selected:
-            if self.cancel.is_set():
-                break
-            self._current = sid
-            tr = self.trace[sid] = StepTrace(optional=self.m.steps[sid].optional)
-            t0 = time.monotonic()
-            decision = self.planner.decide(sid)
-            if self.opts.explain:
-                self._say(f"{decision.action:<7} {sid}: {decision.reason}")
-            tr.reason, tr.cache_key = decision.reason, decision.key
-            if decision.action == "fail" and self.cancel.is_set():
-                break
-            self._act(decision, tr, executor)
-            tr.wall_s = round(time.monotonic() - t0, 4)
-        self._current = None
+                self.trace[sid] = StepTrace(status=State.NOT_SELECTED, optional=self.m.steps[sid].optional)
+        ctx = RunContext(m=self.m, wd=self.wd, state=self.state, events=self.events, schemas=self.schemas,
+                         env=self.env, cancel=self.cancel, run_id=self.run_id, rng=self.rng, say=self._say,
+                         explain=self.opts.explain)
+        self.coordinator = Coordinator(ctx, self.planner, Scheduler(self.slots), self.trace, self._executor)
+        if self.display is not None:
+            self.display.expect(len(selected))
+        self.coordinator.run(selected)
         if self.cancel.is_set():
             return EXIT_INTERRUPTED
         hard = [s for s, t in self.trace.items() if t.status in ("failed", "skipped") and not self._tolerated(s)]
         return EXIT_STEP_FAILED if hard else EXIT_OK
 
-    def _act(self, decision: Decision, tr: StepTrace, executor: StepExecutor) -> None:
-        sid, step = decision.step, self.m.steps[decision.step]
-        if decision.action == "skip":
-            self.planner.use_committed(sid, decision.record)
-            self.state.mark_cache_hit(sid)
-            tr.status, tr.cache_hit = "cached", True
-            self.events.emit("step_skipped", step=sid, reason=decision.reason, cache_hit=True, key=decision.key)
-        elif decision.action == "blocked":
-            tr.status = "skipped"
-            self.planner.failed[sid] = decision.reason
-            self.events.emit("step_skipped", step=sid, reason=decision.reason, cache_hit=False)
-        elif decision.action == "fail":
-            tr.status = "failed"
-            tr.error = {"kind": decision.kind, "message": decision.reason, "retryable": False,
-                        "exit_code": decision.exit_code}
-            self.planner.failed[sid] = decision.reason
-            self.state.mark_failed(sid, decision.key, tr.error)
-            self.events.emit("step_failed", step=sid, attempts=0, optional=step.optional,
-                             why=f"'{decision.kind}' is not retried", **tr.error)
-        else:
-            committed = executor.execute(step, decision.key, decision.components, decision.args or {},
-                                         decision.reason, tr)
-            if committed is not None:
-                self.planner.results[sid], self.planner.keys[sid] = committed.result, committed.key
-            elif tr.status == "failed":
-                self.planner.failed[sid] = f"{tr.error['kind']}: {tr.error['message'][:200]}"
+    def _executor(self, post):
+        if not self.opts.warm:
+            return LocalExecutor(post, self.schemas, self.cancel)
+        from .warm_pool import WarmPoolExecutor
+
+        return WarmPoolExecutor(post, self.schemas, self.cancel, self.planner.identities,
+                                idle_s=self.opts.warm_idle_s, max_idle=self.slots.jobs)
 
     def _tolerated(self, sid: str) -> bool:
         """A failure (or a skip) that does not fail the run: the step, or the upstream that blocked it, is optional."""
@@ -247,13 +238,6 @@ class Runner:
         blockers = [d for d in self.m.ancestors(sid) if self.trace.get(d) and self.trace[d].status == "failed"]
         return bool(blockers) and all(self.m.steps[d].optional for d in blockers)
 
-    def _wait(self, seconds: float) -> None:
-        """The backoff between attempts; the default waits on the cancel event, so Ctrl-C cuts it short."""
-        if self._sleep is not None:
-            self._sleep(seconds)
-        elif seconds > 0:
-            self.cancel.wait(seconds)
-
     # ---------------------------------------------------------------------------------------- dry run
     def _dry_run(self) -> int:
         self._open_state()
@@ -264,10 +248,12 @@ class Runner:
                 self._say(f"[invalid selection] {exc}")
                 return EXIT_INVALID
             for d in self.planner.plan(selected):
-                self._say(f"{d.action:<7} {d.step}: {d.reason}")
+                self._say(f"{d.action.value:<7} {d.label}: {d.reason}")
                 if self.events_mirror:
-                    self.events_mirror.write(json.dumps({"event": "plan", "step": d.step, "action": d.action,
-                                                         "reason": d.reason, "key": d.key}) + "\n")
+                    item = {} if d.item < 0 else {"item": d.item}
+                    self.events_mirror.write(json.dumps({"event": "plan", "step": d.step, **item,
+                                                         "action": d.action.value, "reason": d.reason,
+                                                         "key": d.key}) + "\n")
             return EXIT_OK
         finally:
             self.state.close()
@@ -275,7 +261,8 @@ class Runner:
     # -------------------------------------------------------------------------------------- reporting
     def _options_dict(self) -> dict[str, Any]:
         return {"force": sorted(self.opts.force), "only": sorted(self.opts.only), "until": sorted(self.opts.until),
-                "dry_run": self.opts.dry_run, "explain": self.opts.explain}
+                "dry_run": self.opts.dry_run, "explain": self.opts.explain, "jobs": self.opts.jobs,
+                "gpus": [g.index for g in self.slots.gpus] if self.slots else None}
 
     def _write_trace(self, exit_code: int, status: str, wall_s: float) -> None:
         report.write_trace(self.wd.trace, {
@@ -290,15 +277,12 @@ class Runner:
             self.console.write(text + "\n")
             self.console.flush()
 
-    def _human(self, ev: dict[str, Any]) -> None:
-        line = report.human_line(ev) if self.console is not None else None
-        if line:
-            self._say(line)
-
     def _print_summary(self, exit_code: int) -> None:
         if self.console is None:
             return
-        rows = [(sid, self.m.steps[sid].worker, tr) for sid, tr in self.trace.items()]
-        report.print_summary(self.console, f"run {self.run_id}", rows)
+        if not self.opts.quiet:
+            rows = [(sid, self.m.steps[sid].worker, self.trace[sid]) for sid in self.m.order if sid in self.trace]
+            report.print_summary(self.console, f"run {self.run_id}", rows)
         counts = ", ".join(f"{n} {s}" for s, n in sorted(report.status_counts(self.trace).items()))
         self._say(f"run {self.run_id}: exit {exit_code} ({counts}); trace: {self.wd.trace}")
+

@@ -12,6 +12,7 @@ import hashlib
 import os
 import shutil
 import stat
+import sys
 from pathlib import Path
 
 NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -106,6 +107,32 @@ def remove_entry(path: Path) -> None:
             os.unlink(path)
         except FileNotFoundError:
             pass
+
+
+def remove_entry_checked(path: Path) -> list[str]:
+    """Like remove_entry, but returns what could not be removed ("path: reason"), so a caller can report it."""
+    failures: list[str] = []
+
+    def failed(_function, failed_path, exc) -> None:
+        failures.append(f"{failed_path}: {getattr(exc, 'strerror', None) or exc}")
+
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return failures
+    try:
+        if stat.S_ISDIR(st.st_mode):
+            if sys.version_info >= (3, 12):
+                shutil.rmtree(path, onexc=failed)
+            else:  # Python 3.11: onerror gets (type, value, traceback)
+                shutil.rmtree(path, onerror=lambda function, where, info: failed(function, where, info[1]))
+        else:
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        failures.append(f"{path}: {exc.strerror or exc}")
+    return failures
 
 
 def empty_dir(directory: Path) -> None:

@@ -1,10 +1,14 @@
-"""Run state in SQLite (WORKDIR/.bridge/state.db, WAL): committed step records, every attempt, runs.
+"""Run state in SQLite (WORKDIR/.bridge/state.db, WAL): committed unit records, every attempt, runs.
 
-Every write is a transaction with synchronous=FULL: a record is durable before the runner moves on (a cache
-record that silently failed to write is how resume loses work). A commit writes the step record and its
-attempt in one transaction, so a committed step never has an attempt that reads `running` or `abandoned`.
-Results larger than INLINE_RESULT_BYTES live in `.bridge/results/` (the row keeps name, size and sha256), so
-one big answer does not grow the database by its size.
+A unit is a whole step (item -1) or one item of a foreach step (item 0, 1, ...); each has its own row, cache
+key and commit. Every write is in the WAL before the runner moves on, so a killed runner (even SIGKILL) loses
+nothing written; a commit is also fsynced (synchronous=FULL for that transaction, which syncs the WAL up to it),
+so a committed record survives a power loss too. The bookkeeping in between (running, attempt start, worker
+pid) is not fsynced one by one: after a power loss the worst case is a unit that runs again. A commit writes the unit's
+record and its attempt in one transaction, so a committed unit never has an attempt that reads `running` or
+`abandoned`. Results larger than INLINE_RESULT_BYTES live in `.bridge/results/` (the row keeps name, size and
+sha256), so one big answer does not grow the database by its size. Only the coordinator thread writes.
+The format (tables, version, migration) is in `state_format`.
 """
 
 from __future__ import annotations
@@ -21,32 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from . import safefs
+from .state_format import STATE_FORMAT, WHOLE_STEP, StateFormatError, open_format
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS runs (
-    run_id TEXT PRIMARY KEY, started_at REAL NOT NULL, ended_at REAL, status TEXT NOT NULL,
-    exit_code INTEGER, manifest TEXT NOT NULL, options TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS steps (
-    step_id TEXT PRIMARY KEY,
-    status TEXT NOT NULL,              -- committed | failed | running | interrupted
-    committed_key TEXT,                -- cache key of the committed record (NULL: none)
-    components TEXT,                   -- key components of the committed record (for --explain)
-    result TEXT, outputs TEXT, committed_dir TEXT, committed_at REAL,
-    last_key TEXT, last_error TEXT, updated_at REAL NOT NULL,
-    result_file TEXT);                 -- {name, bytes, sha256} of a result kept in .bridge/results/
-CREATE TABLE IF NOT EXISTS attempts (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL, step_id TEXT NOT NULL, attempt INTEGER NOT NULL,
-    cache_key TEXT, status TEXT NOT NULL, started_at REAL NOT NULL, ended_at REAL, exit_code INTEGER,
-    error_kind TEXT, message TEXT, retryable INTEGER, wall_s REAL, peak_rss_mb REAL, staging_dir TEXT,
-    worker_pid INTEGER, worker_started REAL);  -- the worker process (pid + start time: pids are reused)
-CREATE TABLE IF NOT EXISTS file_hashes (
-    path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, sha256 TEXT NOT NULL);
-"""
+__all__ = ["STATE_FORMAT", "WHOLE_STEP", "AttemptEnd", "StateDB", "StateFormatError", "StepRecord"]
 
-#: Columns added after format 1 was first released; a state.db without them gets them on open.
-ADDED_COLUMNS = {"steps": {"result_file": "TEXT"}, "attempts": {"worker_pid": "INTEGER", "worker_started": "REAL"}}
-STATE_FORMAT = "1"
 INLINE_RESULT_BYTES = 64 * 1024
 
 
@@ -62,6 +44,7 @@ class StepRecord:
     last_key: str | None
     last_error: dict[str, Any] | None
     result_file: dict[str, Any] | None = None
+    item: int = WHOLE_STEP
 
     @property
     def committed(self) -> bool:
@@ -86,6 +69,7 @@ class AbandonedAttempt:
     attempt: int
     worker_pid: int | None
     worker_started: float | None
+    item: int = WHOLE_STEP
 
 
 class StateDB:
@@ -94,30 +78,32 @@ class StateDB:
         self.results_dir = results_dir
         self.db = sqlite3.connect(str(path), isolation_level=None, timeout=30, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
-        self.db.executescript(SCHEMA)
-        self._add_missing_columns()
-        self.db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('format', ?)", (STATE_FORMAT,))
-
-    def _add_missing_columns(self) -> None:
-        for table, columns in ADDED_COLUMNS.items():
-            present = {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}
-            for name, kind in columns.items():
-                if name not in present:
-                    self.db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+        self.db.execute("PRAGMA synchronous=NORMAL")  # see the module doc: commits sync themselves
+        try:
+            self.migrated_from = open_format(self.db)  # 0: new; 1: migrated from format 1; 2: current
+        except BaseException:
+            self.db.close()
+            raise
 
     def close(self) -> None:
         self.db.close()
 
     @contextmanager
-    def _transaction(self) -> Iterator[None]:
-        self.db.execute("BEGIN IMMEDIATE")
+    def _transaction(self, durable: bool = False) -> Iterator[None]:
+        """One transaction; `durable`: fsynced at COMMIT (with every WAL frame before it)."""
+        if durable:
+            self.db.execute("PRAGMA synchronous=FULL")
         try:
-            yield
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
+        finally:
+            if durable:
+                self.db.execute("PRAGMA synchronous=NORMAL")
 
     # runs ---------------------------------------------------------------------------------------------
     def start_run(self, run_id: str, manifest: str, options: dict[str, Any]) -> None:
@@ -130,13 +116,14 @@ class StateDB:
 
     def recover_abandoned(self) -> list[AbandonedAttempt]:
         """Attempts left `running` by a runner that died: mark them abandoned and return them."""
-        rows = self.db.execute("SELECT run_id, step_id, attempt, worker_pid, worker_started FROM attempts "
+        rows = self.db.execute("SELECT run_id, step_id, attempt, worker_pid, worker_started, item FROM attempts "
                                "WHERE status='running'").fetchall()
         now = time.time()
         with self._transaction():
             self.db.execute("UPDATE attempts SET status='abandoned', ended_at=?, error_kind='interrupted', "
                             "message='the runner stopped while this attempt ran' WHERE status='running'", (now,))
-            self.db.execute("UPDATE steps SET status='interrupted', updated_at=? WHERE status='running'", (now,))
+            self.db.execute("UPDATE steps SET status='interrupted', updated_at=? WHERE status IN ('running', 'waiting')",
+                            (now,))
             self.db.execute("UPDATE runs SET status='abandoned', ended_at=? WHERE status='running'", (now,))
         return [AbandonedAttempt(*row) for row in rows]
 
@@ -146,66 +133,85 @@ class StateDB:
         with self._transaction():
             self.db.execute("UPDATE attempts SET status=?, ended_at=?, error_kind=?, message=?, retryable=0 "
                             "WHERE run_id=? AND status='running'", (status, now, error["kind"], error["message"], run_id))
-            self.db.execute("UPDATE steps SET status=?, last_error=?, updated_at=? WHERE status='running'",
+            self.db.execute("UPDATE steps SET status=?, last_error=?, updated_at=? "
+                            "WHERE status IN ('running', 'waiting')",
                             (status, _dump(error), now))
 
     # steps --------------------------------------------------------------------------------------------
-    def step(self, step_id: str) -> StepRecord | None:
+    def step(self, step_id: str, item: int = WHOLE_STEP) -> StepRecord | None:
         row = self.db.execute("SELECT step_id, status, committed_key, components, result, outputs, committed_dir, "
-                              "last_key, last_error, result_file FROM steps WHERE step_id=?", (step_id,)).fetchone()
-        if row is None:
-            return None
-        return StepRecord(step_id=row[0], status=row[1], committed_key=row[2], components=_load(row[3]),
-                          result=_load(row[4]), outputs=_load(row[5]) or [], committed_dir=row[6],
-                          last_key=row[7], last_error=_load(row[8]), result_file=_load(row[9]))
+                              "last_key, last_error, result_file, item FROM steps WHERE step_id=? AND item=?",
+                              (step_id, item)).fetchone()
+        return None if row is None else _record(row)
 
-    def _upsert_status(self, step_id: str, status: str, last_key: str | None, last_error: Any) -> None:
+    def step_items(self, step_id: str) -> dict[int, StepRecord]:
+        """Every item row of a foreach step, by item."""
+        rows = self.db.execute("SELECT step_id, status, committed_key, components, result, outputs, committed_dir, "
+                               "last_key, last_error, result_file, item FROM steps WHERE step_id=? AND item>=0",
+                               (step_id,)).fetchall()
+        return {row[10]: _record(row) for row in rows}
+
+    def forget_items(self, step_id: str, from_item: int) -> None:
+        """Item rows at or past `from_item` (the list got shorter), or every item row (`from_item` 0)."""
+        self.db.execute("DELETE FROM steps WHERE step_id=? AND item>=?", (step_id, from_item))
+
+    def forget_whole_step(self, step_id: str) -> None:
+        self.db.execute("DELETE FROM steps WHERE step_id=? AND item=-1", (step_id,))
+
+    def _upsert_status(self, step_id: str, item: int, status: str, last_key: str | None, last_error: Any) -> None:
         self.db.execute(
-            "INSERT INTO steps(step_id, status, last_key, last_error, updated_at) VALUES (?,?,?,?,?) "
-            "ON CONFLICT(step_id) DO UPDATE SET status=excluded.status, last_key=excluded.last_key, "
+            "INSERT INTO steps(step_id, item, status, last_key, last_error, updated_at) VALUES (?,?,?,?,?,?) "
+            "ON CONFLICT(step_id, item) DO UPDATE SET status=excluded.status, last_key=excluded.last_key, "
             "last_error=excluded.last_error, updated_at=excluded.updated_at",
-            (step_id, status, last_key, _dump(last_error), time.time()))
+            (step_id, item, status, last_key, _dump(last_error), time.time()))
 
-    def mark_running(self, step_id: str, key: str) -> None:
-        self._upsert_status(step_id, "running", key, None)
+    def mark_running(self, step_id: str, key: str, item: int = WHOLE_STEP) -> None:
+        self._upsert_status(step_id, item, "running", key, None)
 
-    def mark_failed(self, step_id: str, key: str | None, error: dict[str, Any], status: str = "failed") -> None:
-        self._upsert_status(step_id, status, key, error)
+    def mark_waiting(self, step_id: str, key: str, item: int = WHOLE_STEP) -> None:
+        """Decided to run; queued for a slot (or backing off before a retry)."""
+        self._upsert_status(step_id, item, "waiting", key, None)
+
+    def mark_failed(self, step_id: str, key: str | None, error: dict[str, Any], status: str = "failed",
+                    item: int = WHOLE_STEP) -> None:
+        self._upsert_status(step_id, item, status, key, error)
 
     def commit_step(self, step_id: str, key: str, components: dict[str, Any], result: Any,
-                    outputs: list[dict[str, Any]], committed_dir: str, attempt_row: int, end: AttemptEnd) -> None:
-        """The step's committed record and the end of the attempt that made it, in one transaction."""
-        inline, result_file = self._store_result(step_id, result)
+                    outputs: list[dict[str, Any]], committed_dir: str, attempt_row: int, end: AttemptEnd,
+                    item: int = WHOLE_STEP) -> None:
+        """The unit's committed record and the end of the attempt that made it, in one transaction."""
+        prefix = _result_prefix(step_id, item)
+        inline, result_file = self._store_result(prefix, result)
         now = time.time()
-        with self._transaction():
+        with self._transaction(durable=True):
             self.db.execute(
-                "INSERT INTO steps(step_id, status, committed_key, components, result, outputs, committed_dir, "
-                "committed_at, last_key, last_error, updated_at, result_file) VALUES (?,?,?,?,?,?,?,?,?,NULL,?,?) "
-                "ON CONFLICT(step_id) DO UPDATE SET status=excluded.status, committed_key=excluded.committed_key, "
+                "INSERT INTO steps(step_id, item, status, committed_key, components, result, outputs, committed_dir, "
+                "committed_at, last_key, last_error, updated_at, result_file) VALUES (?,?,?,?,?,?,?,?,?,?,NULL,?,?) "
+                "ON CONFLICT(step_id, item) DO UPDATE SET status=excluded.status, committed_key=excluded.committed_key, "
                 "components=excluded.components, result=excluded.result, outputs=excluded.outputs, "
                 "committed_dir=excluded.committed_dir, committed_at=excluded.committed_at, "
                 "last_key=excluded.last_key, last_error=NULL, updated_at=excluded.updated_at, "
                 "result_file=excluded.result_file",
-                (step_id, "committed", key, _dump(components), inline, _dump(outputs), committed_dir, now, key, now,
-                 _dump(result_file)))
+                (step_id, item, "committed", key, _dump(components), inline, _dump(outputs), committed_dir, now, key,
+                 now, _dump(result_file)))
             self._end_attempt(attempt_row, end)
-        self._drop_result_files(step_id, keep=result_file["name"] if result_file else None)
+        self._drop_result_files(prefix, keep=result_file["name"] if result_file else None)
 
-    def mark_cache_hit(self, step_id: str) -> None:
+    def mark_cache_hit(self, step_id: str, item: int = WHOLE_STEP) -> None:
         # The WHERE clause skips rows that already say so: no write, no fsync, for each of many cached steps.
         self.db.execute("UPDATE steps SET status='committed', last_key=committed_key, last_error=NULL, updated_at=? "
-                        "WHERE step_id=? AND (status != 'committed' OR last_error IS NOT NULL "
-                        "OR last_key IS NOT committed_key)", (time.time(), step_id))
+                        "WHERE step_id=? AND item=? AND (status != 'committed' OR last_error IS NOT NULL "
+                        "OR last_key IS NOT committed_key)", (time.time(), step_id, item))
 
     # results kept in files ----------------------------------------------------------------------------
-    def _store_result(self, step_id: str, result: Any) -> tuple[str | None, dict[str, Any] | None]:
+    def _store_result(self, prefix: str, result: Any) -> tuple[str | None, dict[str, Any] | None]:
         """(inline JSON, None) for a small result; (None, file reference) for a large one, written durably."""
         text = _dump(result)
         data = text.encode("utf-8") if text is not None else b""
         if text is None or len(data) <= INLINE_RESULT_BYTES:
             return text, None
         digest = hashlib.sha256(data).hexdigest()
-        name = f"{step_id}.{digest[:16]}.json"  # '.' never occurs in a step id: a prefix names one step's files
+        name = f"{prefix}{digest[:16]}.json"
         safefs.replace_file(self.results_dir / name, data, durable=True)
         return None, {"name": name, "bytes": len(data), "sha256": digest}
 
@@ -228,9 +234,9 @@ class StateDB:
         rec.result = json.loads(data)
         return None
 
-    def _drop_result_files(self, step_id: str, keep: str | None) -> None:
+    def _drop_result_files(self, prefix: str, keep: str | None) -> None:
         for name in os.listdir(self.results_dir):
-            if name.startswith(f"{step_id}.") and name != keep:
+            if name.startswith(prefix) and name != keep:
                 safefs.remove_entry(self.results_dir / name)
 
     def prune_result_files(self) -> None:
@@ -242,10 +248,12 @@ class StateDB:
                 safefs.remove_entry(self.results_dir / name)
 
     # attempts -----------------------------------------------------------------------------------------
-    def start_attempt(self, run_id: str, step_id: str, attempt: int, key: str, staging_dir: str) -> int:
+    def start_attempt(self, run_id: str, step_id: str, attempt: int, key: str, staging_dir: str, *,
+                      item: int = WHOLE_STEP, devices: list[str] | None = None, queue_wait_s: float | None = None) -> int:
         cur = self.db.execute("INSERT INTO attempts(run_id, step_id, attempt, cache_key, status, started_at, "
-                              "staging_dir) VALUES (?,?,?,?,?,?,?)",
-                              (run_id, step_id, attempt, key, "running", time.time(), staging_dir))
+                              "staging_dir, item, devices, queue_wait_s) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                              (run_id, step_id, attempt, key, "running", time.time(), staging_dir, item,
+                               _dump(devices), queue_wait_s))
         return int(cur.lastrowid)
 
     def set_attempt_worker(self, row_id: int, pid: int, started: float | None) -> None:
@@ -275,6 +283,18 @@ class StateDB:
     def store_hash(self, path: str, size: int, mtime_ns: int, sha256: str) -> None:
         self.db.execute("INSERT OR REPLACE INTO file_hashes(path, size, mtime_ns, sha256) VALUES (?,?,?,?)",
                         (path, size, mtime_ns, sha256))
+
+
+def _record(row: tuple) -> StepRecord:
+    return StepRecord(step_id=row[0], status=row[1], committed_key=row[2], components=_load(row[3]),
+                      result=_load(row[4]), outputs=_load(row[5]) or [], committed_dir=row[6],
+                      last_key=row[7], last_error=_load(row[8]), result_file=_load(row[9]), item=row[10])
+
+
+def _result_prefix(step_id: str, item: int) -> str:
+    """Result file names start with this; neither '.' nor '~' occurs in a step id, so no prefix names another
+    unit's files."""
+    return f"{step_id}." if item == WHOLE_STEP else f"{step_id}~{item}."
 
 
 def _dump(value: Any) -> str | None:

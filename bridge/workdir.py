@@ -87,6 +87,18 @@ def prepare(root: Path) -> Workdir:
     return Workdir(root)
 
 
+def check_existing(root: Path) -> Workdir:
+    """The checks `prepare` makes on an existing workdir, creating nothing (for commands that read or trim it):
+    no link and no wrong type where a runner directory or file should be.
+
+    Raises WorkdirUnusable or safefs.UnsafePath."""
+    for rel in DIRS:
+        _check_entry(root / rel, stat.S_ISDIR, "a directory")
+    for rel in FILES:
+        _check_entry(root / rel, stat.S_ISREG, "a regular file")
+    return Workdir(root)
+
+
 def _create_root(root: Path) -> None:
     if os.path.lexists(root) and not root.is_dir():
         raise WorkdirUnusable(f"workdir {root} exists and is not a directory")

@@ -48,6 +48,8 @@ class WorkerIdentity:
     version: str
     contract_version: str
     argv: tuple[str, ...]
+    warm: bool = False  # speaks `--serve` (contract 1.2 `warm: true`); not part of the cache key
+    model_key_fields: tuple[str, ...] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         argv = list(self.argv)
@@ -84,7 +86,10 @@ def describe(prefix: list[str], *, cwd: Path, env: dict[str, str], timeout_s: fl
     missing = [k for k in ("name", "version", "contract_version") if not isinstance(doc.get(k), str)]
     if missing:
         raise DescribeFailed(f"`--describe` answer lacks {', '.join(missing)}", exit_code=proc.exit_code)
-    return WorkerIdentity(doc["name"], doc["version"], doc["contract_version"], tuple(prefix))
+    fields = doc.get("model_key_fields")
+    fields = tuple(fields) if isinstance(fields, list) and all(isinstance(f, str) for f in fields) else None
+    return WorkerIdentity(doc["name"], doc["version"], doc["contract_version"], tuple(prefix),
+                          warm=doc.get("warm") is True, model_key_fields=fields)
 
 
 @dataclass

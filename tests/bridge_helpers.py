@@ -64,6 +64,17 @@ def run_runner(manifest: Path, schemas: Path, **opts: Any):
     return runner.run(), out.getvalue(), runner
 
 
+def state_rows(workdir: Path, sql: str) -> list[tuple]:
+    """Rows of a query on WORKDIR/.bridge/state.db."""
+    import sqlite3
+
+    db = sqlite3.connect(workdir / ".bridge" / "state.db")
+    try:
+        return db.execute(sql).fetchall()
+    finally:
+        db.close()
+
+
 def trace(workdir: Path) -> dict[str, Any]:
     return json.loads((workdir / "trace.json").read_text("utf-8"))
 

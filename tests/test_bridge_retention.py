@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -94,7 +95,8 @@ def test_clean_frees_what_it_reports_keeps_current_outputs_and_a_resume_is_all_c
     assert code == 0
     after = snapshot(work)
     assert doc["bytes_freed"] == sum(before.values()) - sum(after.values())
-    assert attempt_dirs(work) == ["a-1"]  # the forced run's attempt; the first run's logs are gone
+    # the last run's attempt (a-1), and b-2: the attempt that made b's current output in the first run
+    assert attempt_dirs(work) == ["a-1", "b-2"]
     assert {json.loads(line)["run_id"] for line in (work / "events.jsonl").read_text().splitlines()} == {
         trace(work)["run_id"]}
     for rel in ("steps/removed_step", "steps/link_out", ".bridge/staging/a-1-dead", ".bridge/trash/a-0ld"):
@@ -112,8 +114,44 @@ def test_clean_frees_what_it_reports_keeps_current_outputs_and_a_resume_is_all_c
 def test_keep_last_zero_drops_every_attempt_log_but_not_the_outputs(workdir, capsys):
     work = workdir["work"]
     assert clean_json(capsys, str(work), "--keep-last", "0")[0] == 0
-    assert attempt_dirs(work) == [] and (work / "events.jsonl").read_bytes() == b""
+    assert attempt_dirs(work) == ["a-1", "b-2"]  # only the attempts behind the current outputs
+    assert (work / "events.jsonl").read_bytes() == b""
     assert (work / "steps" / "a" / "out").is_file() and (work / "steps" / "b" / "out").is_file()
+
+
+def test_a_linked_state_db_is_refused_like_run_refuses_it(workdir, tmp_path, capsys):
+    work = workdir["work"]
+    elsewhere = tmp_path / "elsewhere.db"
+    (work / ".bridge" / "state.db").rename(elsewhere)
+    for suffix in ("-wal", "-shm"):
+        (work / ".bridge" / f"state.db{suffix}").unlink(missing_ok=True)
+    (work / ".bridge" / "state.db").symlink_to(elsewhere)
+    before, db_before = snapshot(work), elsewhere.read_bytes()
+    code, doc = clean_json(capsys, str(work))
+    assert code == 2 and doc["ok"] is False and "state.db" in doc["error"]
+    assert snapshot(work) == before and elsewhere.read_bytes() == db_before
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds rmtree's directory through /proc")
+def test_what_cannot_be_removed_is_reported_not_counted_and_exits_1(workdir, capsys, monkeypatch):
+    work = workdir["work"]
+    stuck = work / ".bridge" / "trash" / "a-0ld" / "out"
+    real_unlink = os.unlink
+
+    def unlink(path, *args, **kwargs):  # rmtree unlinks by name relative to an open directory (dir_fd)
+        dir_fd = kwargs.get("dir_fd")
+        where = Path(os.readlink(f"/proc/self/fd/{dir_fd}")) / path if dir_fd is not None else Path(path)
+        if where == stuck:  # as an immutable file (chattr +i) would
+            raise PermissionError(1, "Operation not permitted")
+        return real_unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", unlink)
+    code, doc = clean_json(capsys, str(work))
+    assert code == 1 and doc["ok"] is False and stuck.exists()
+    assert any("a-0ld" in f and "not permitted" in f for f in doc["failed"])
+    assert all("a-0ld" in f for f in doc["failed"])  # the file, then its directory ("not empty")
+    assert not any(r["path"].endswith("a-0ld") for r in doc["removed"])
+    assert not (work / ".bridge" / "staging" / "a-1-dead").exists()  # the rest went
 
 
 def test_all_removes_committed_outputs_too_and_the_next_run_remakes_them(workdir, capsys):

@@ -4,13 +4,13 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from bridge_helpers import REPO, bare_manifest, bridge_env, events, run_runner, schema_dir, trace, write_manifest
+from bridge_helpers import state_rows as rows
 
 from bridge.runner import EXIT_INTERRUPTED, EXIT_OK, EXIT_STEP_FAILED
 
@@ -18,14 +18,6 @@ from bridge.runner import EXIT_INTERRUPTED, EXIT_OK, EXIT_STEP_FAILED
 @pytest.fixture
 def schemas(tmp_path_factory) -> Path:
     return schema_dir(tmp_path_factory.mktemp("schemas"))
-
-
-def rows(work: Path, sql: str) -> list[tuple]:
-    db = sqlite3.connect(work / ".bridge" / "state.db")
-    try:
-        return db.execute(sql).fetchall()
-    finally:
-        db.close()
 
 
 def test_a_commit_and_its_attempt_are_one_transaction(tmp_path, schemas):

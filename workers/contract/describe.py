@@ -20,3 +20,8 @@ class WorkerDescription(BaseModel):
     python: str = Field(description="Python version of the worker process.")
     platform: str = Field(description="`sys.platform` of the worker process, e.g. `linux`, `win32`.")
     pid: int = Field(ge=0, description="Process id of the worker that answered.")
+    warm: bool | None = Field(default=None, description="True: the worker speaks `--serve` (warm mode). Absent "
+                              "(a one-shot worker, or one older than contract 1.2): run it once per job.")
+    model_key_fields: list[str] | None = Field(
+        default=None, description="Top-level args fields that together identify a loaded model: requests equal in "
+        "these fields can share a warm process without a reload. Absent: every request may need a reload.")

@@ -11,9 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from workers.contract import ARGS_CONFIG, ERROR_MESSAGE_KEY, ModelArgs, file_name_field, rule, schema_rules
-from workers.contract.common import TRIMMED_TEXT_PATTERN
 from workers.contract.generation import (
-    DEVICE_PATTERN,
     MAX_SEED,
     NOT_BLANK,
     SIZE_AND_OFFLOAD_RULES,
@@ -21,6 +19,8 @@ from workers.contract.generation import (
     Fit,
     Offload,
     check_size_and_offload,
+    checkpoint_field,
+    device_field,
 )
 
 #: Aspect ratios -> generation size, multiples of 32 inside LTX's good range (short side <= 720, long <= 1280).
@@ -78,12 +78,9 @@ class Args(ModelArgs):
     image_path: str | None = Field(default=None, min_length=1, description="First frame: present -> image-to-video "
                                    "(LTXImageToVideoPipeline), absent -> text-to-video (LTXPipeline).")
     fit: Fit = Field(default="cover", description="How `image_path` is fitted to the generation size. " + FIT_HELP)
-    model: str = Field(
-        pattern=TRIMMED_TEXT_PATTERN,
-        description="A local diffusers LTX-Video directory or a hub id in the local cache (`Lightricks/LTX-Video`). "
-        "No default: choose the checkpoint on purpose.",
-        json_schema_extra={ERROR_MESSAGE_KEY: "must be a model directory or hub id without control characters or "
-                           "leading/trailing spaces"})
+    model: str = checkpoint_field(
+        "A local diffusers LTX-Video directory or a hub id in the local cache (`Lightricks/LTX-Video`). "
+        "No default: choose the checkpoint on purpose.")
     width: int | None = _side("Frame width the model generates, a multiple of 32; with `height`.")
     height: int | None = _side("Frame height, a multiple of 32; with `width`.")
     aspect: Aspect | None = Field(default=None, description="Instead of width/height: a size inside LTX's good range "
@@ -108,8 +105,7 @@ class Args(ModelArgs):
     output_size: DeliverySize | None = Field(default=None, description="Resize every frame for delivery.")
     crf: int = Field(default=18, ge=0, le=51, description="x264 constant rate factor (lower: better, bigger).")
     preset: Preset = Field(default="medium", description="x264 speed/size preset.")
-    device: str = Field(default="auto", pattern=DEVICE_PATTERN, description="`auto`, `cpu`, `cuda`, `cuda:N`.",
-                        json_schema_extra={ERROR_MESSAGE_KEY: "must be 'auto', 'cpu', 'cuda' or 'cuda:N'"})
+    device: str = device_field()
     dtype: Dtype = Field(default="auto", description="`auto`: bfloat16 on CUDA, float32 on CPU.")
     offload: Offload = Field(default="none", description="`model`: one sub-model on the GPU at a time; `sequential`: "
                              "layer by layer (slow, least memory). Needs an accelerator.")

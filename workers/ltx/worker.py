@@ -75,6 +75,8 @@ class LtxWorker(Worker[Args, Result]):
             problems.add("$.offload", offload, "offload")
         problems.raise_if_any(f"invalid input for worker '{self.name}'")
 
+    model_key_fields = ("model", "device", "dtype", "offload")
+
     def model_key(self, args: Args) -> str:
         return f"{args.model}|{args.device}|{args.dtype}|offload={args.offload}"
 

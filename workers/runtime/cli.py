@@ -153,7 +153,8 @@ def describe(worker: Worker) -> dict[str, Any]:
         emit("log", worker=worker.name, level="warning", message=f"device probe failed: {exc}")
     return WorkerDescription(name=worker.name, version=worker.version, contract_version=CONTRACT_VERSION,
                              devices=devices, python=platform.python_version(), platform=sys.platform,
-                             pid=os.getpid()).model_dump(mode="json")
+                             pid=os.getpid(), warm=True,
+                             model_key_fields=list(worker.model_key_fields)).model_dump(mode="json")
 
 
 def schemas(worker: Worker) -> dict[str, Any]:

@@ -36,6 +36,9 @@ class Worker(ABC, Generic[A, R]):
     def check_inputs(self, args: A) -> None:
         """Semantic checks beyond the schema (files exist, combinations make sense). Raise InvalidInput."""
 
+    #: The args fields model_key reads (advertised by `--describe`, so a runner can route warm requests).
+    model_key_fields: ClassVar[tuple[str, ...]] = ("model",)
+
     def model_key(self, args: A) -> str:
         """What identifies a loaded model; a warm worker reuses a model while the key is unchanged."""
         return str(getattr(args, "model", self.name))

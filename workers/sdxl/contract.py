@@ -13,7 +13,6 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from workers.contract import ARGS_CONFIG, ERROR_MESSAGE_KEY, ModelArgs, exact, file_name_field, schema_rules
 from workers.contract.common import TRIMMED_TEXT_PATTERN
 from workers.contract.generation import (
-    DEVICE_PATTERN,
     MAX_SEED,
     NOT_BLANK,
     SIZE_AND_OFFLOAD_RULES,
@@ -21,6 +20,8 @@ from workers.contract.generation import (
     Fit,
     Offload,
     check_size_and_offload,
+    checkpoint_field,
+    device_field,
 )
 
 Scheduler = Literal["euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "ddim"]
@@ -108,12 +109,9 @@ class Args(ModelArgs):
     prompts: list[PromptItem | PromptText] = Field(
         min_length=1, max_length=256,
         description="The keyframes: items `{prompt, negative_prompt?, seed?, name?}`, or plain prompt strings.")
-    model: str = Field(
-        pattern=TRIMMED_TEXT_PATTERN,
-        description="A local diffusers SDXL directory or a hub id in the local cache "
-        "(`stabilityai/stable-diffusion-xl-base-1.0`). No default: choose the checkpoint on purpose.",
-        json_schema_extra={ERROR_MESSAGE_KEY: "must be a model directory or hub id without control characters or "
-                           "leading/trailing spaces"})
+    model: str = checkpoint_field(
+        "A local diffusers SDXL directory or a hub id in the local cache "
+        "(`stabilityai/stable-diffusion-xl-base-1.0`). No default: choose the checkpoint on purpose.")
     negative_prompt: str | None = Field(default=None, max_length=4000,
                                         description="Negative prompt for items that do not set one.")
     refiner: Refiner | None = None
@@ -132,8 +130,7 @@ class Args(ModelArgs):
                             description="Images per pipeline call. Never changes what an image shows (see docs).")
     image_format: ImageFormat = "png"
     quality: int = Field(default=95, ge=1, le=100, description="webp/jpeg quality (png is lossless).")
-    device: str = Field(default="auto", pattern=DEVICE_PATTERN, description="`auto`, `cpu`, `cuda`, `cuda:N`.",
-                        json_schema_extra={ERROR_MESSAGE_KEY: "must be 'auto', 'cpu', 'cuda' or 'cuda:N'"})
+    device: str = device_field()
     dtype: Dtype = Field(default="auto", description="`auto`: float16 on CUDA, float32 on CPU.")
     variant: str | None = Field(default=None, pattern=exact(r"[A-Za-z0-9_]{1,32}"),
                                 description="Weight file variant, e.g. `fp16` (`*.fp16.safetensors`).")

@@ -106,6 +106,8 @@ class SdxlWorker(Worker[Args, Result]):
             problems.add("$.offload", offload, "offload")
         problems.raise_if_any(f"invalid input for worker '{self.name}'")
 
+    model_key_fields = ("model", "refiner", "device", "dtype", "variant", "offload")
+
     def model_key(self, args: Args) -> str:
         refiner = args.refiner.model if args.refiner else None
         return f"{args.model}|refiner={refiner}|{args.device}|{args.dtype}|{args.variant}|offload={args.offload}"

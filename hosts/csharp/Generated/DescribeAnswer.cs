@@ -34,6 +34,13 @@ namespace StoryBridge.Generated.DescribeAnswerSchema
         public string[] Devices { get; set; }
 
         /// <summary>
+        /// Top-level args fields that together identify a loaded model: requests equal in these
+        /// fields can share a warm process without a reload. Absent: every request may need a reload.
+        /// </summary>
+        [JsonProperty("model_key_fields")]
+        public string[] ModelKeyFields { get; set; }
+
+        /// <summary>
         /// Worker name, e.g. `whisper`.
         /// </summary>
         [JsonProperty("name")]
@@ -62,6 +69,13 @@ namespace StoryBridge.Generated.DescribeAnswerSchema
         /// </summary>
         [JsonProperty("version")]
         public string Version { get; set; }
+
+        /// <summary>
+        /// True: the worker speaks `--serve` (warm mode). Absent (a one-shot worker, or one older
+        /// than contract 1.2): run it once per job.
+        /// </summary>
+        [JsonProperty("warm")]
+        public bool? Warm { get; set; }
     }
 
     public partial class DescribeAnswer

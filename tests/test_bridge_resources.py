@@ -1,0 +1,77 @@
+"""Slots and GPUs as pure bookkeeping: never oversubscribed, whatever the order of requests and releases;
+GPU discovery without torch (`--gpus`, nvidia-smi)."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bridge.gpus import GpuSpecInvalid, detect_gpus, parse_gpus
+from bridge.resources import Gpu, Resources, SlotPool
+
+requests = st.builds(Resources, gpu=st.integers(0, 2), vram_gb=st.none() | st.sampled_from([4.0, 6.0, 10.0]),
+                     cpu=st.integers(1, 3), memory_gb=st.none() | st.sampled_from([1.0, 3.0]))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(requests, st.booleans()), max_size=40))
+def test_slots_are_never_oversubscribed(ops):
+    pool = SlotPool(jobs=4, gpus=[Gpu("0", 10.0), Gpu("1", None)], memory_gb=4.0)
+    held = []
+    for req, release_first in ops:
+        if release_first and held:
+            pool.release(held.pop(0)[1])
+        grant = pool.try_acquire(req)
+        if grant is not None:
+            held.append((req, grant))
+        assert sum(g.cpu for _, g in held) <= 4
+        assert sum(g.memory_gb for _, g in held) <= 4.0
+        on = {"0": [], "1": []}
+        for r, g in held:
+            assert len(g.gpus) == r.gpu
+            for index in g.gpus:
+                on[index].append(r)
+        for index, users in on.items():
+            if any(r.vram_gb is None for r in users) or index == "1":  # exclusive, or a budget unknown
+                assert len(users) <= 1, (index, users)
+            else:
+                assert sum(r.vram_gb for r in users) <= 10.0
+
+
+def test_a_grant_names_its_devices_in_the_environment():
+    pool = SlotPool(jobs=2, gpus=[Gpu("3")])
+    grant = pool.try_acquire(Resources(gpu=1))
+    assert grant.env() == {"CUDA_VISIBLE_DEVICES": "3"} and grant.devices == ["cuda:3"]
+    assert pool.try_acquire(Resources(gpu=1)) is None  # exclusive
+    assert pool.try_acquire(Resources(cpu=1)).env() == {"CUDA_VISIBLE_DEVICES": ""}  # declared, no GPU
+    assert pool.try_acquire(None) is None  # --jobs 2: both slots are taken
+
+
+@pytest.mark.parametrize(("spec", "gpus"), [("0,1", [Gpu("0"), Gpu("1")]), ("0:24, 2:80", [Gpu("0", 24.0), Gpu("2", 80.0)]),
+                                            ("none", [])])
+def test_gpu_specs(spec, gpus):
+    assert parse_gpus(spec) == gpus
+
+
+@pytest.mark.parametrize("spec", ["a", "0,0", "0:x", "0:-1", ""])
+def test_bad_gpu_specs(spec):
+    with pytest.raises(GpuSpecInvalid):
+        parse_gpus(spec)
+
+
+def test_gpus_come_from_nvidia_smi_narrowed_by_cuda_visible_devices(tmp_path: Path, monkeypatch):
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text("#!/bin/sh\necho '0, 24576'\necho '1, 81559'\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setattr("bridge.gpus._nvml_importable", lambda: False)
+    env = {"PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}"}
+    monkeypatch.setenv("PATH", env["PATH"])
+    assert detect_gpus(env) == [Gpu("0", 24.0), Gpu("1", 79.6)]
+    assert detect_gpus({**env, "CUDA_VISIBLE_DEVICES": "1"}) == [Gpu("1", 79.6)]
+    monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))
+    assert detect_gpus({}) == []
