@@ -76,10 +76,12 @@ namespace StoryBridge
                     process.StandardInput.Close();
                     process.BeginErrorReadLine();  // stderr drains on its own thread: no pipe deadlock
                     var stdoutTask = process.StandardOutput.ReadToEndAsync();
-                    WaitOrKill(process, timeout, cancel, outcome);
+                    bool killed = WaitOrKill(process, timeout, cancel, outcome);
                     process.WaitForExit();  // flushes the async stderr reader
                     outcome.ExitCode = process.ExitCode;
-                    ParseEnvelope(stdoutTask.Result, outcome);
+                    // After a kill, a descendant that escaped (no pgrep) could hold stdout open: do not wait on it forever.
+                    bool answered = killed ? stdoutTask.Wait(TimeSpan.FromSeconds(5)) : stdoutTask.Wait(-1);
+                    ParseEnvelope(answered ? stdoutTask.Result : "", outcome);
                 }
             }
             finally
@@ -91,7 +93,8 @@ namespace StoryBridge
             return outcome;
         }
 
-        static void WaitOrKill(Process process, TimeSpan timeout, CancellationToken cancel, WorkerOutcome outcome)
+        /// <summary>Wait for the worker; on timeout or cancellation kill its tree. True when it was killed.</summary>
+        static bool WaitOrKill(Process process, TimeSpan timeout, CancellationToken cancel, WorkerOutcome outcome)
         {
             var deadline = DateTime.UtcNow + timeout;
             while (!process.WaitForExit(100))
@@ -100,8 +103,9 @@ namespace StoryBridge
                 else if (DateTime.UtcNow >= deadline) outcome.TimedOut = true;
                 else continue;
                 ProcessTree.Kill(process);
-                return;
+                return true;
             }
+            return false;
         }
 
         internal static void ParseEnvelope(string stdout, WorkerOutcome outcome)
