@@ -10,28 +10,36 @@ from pathlib import Path
 
 import pytest
 
+from workers.contract import CONTRACT_VERSION, EXIT_CODES
+
 from conftest import FIXTURE_WORKER, REPO
 
-pytestmark = pytest.mark.skipif(shutil.which("mcs") is None or shutil.which("mono") is None,
-                                reason="needs Mono (apt-get install mono-mcs libmono-system-runtime-serialization4.0-cil)")
-HOST_SOURCES = [REPO / "hosts" / "csharp" / "StoryBridge.cs", REPO / "hosts" / "csharp" / "HostDemo.cs"]
+NEWTONSOFT = Path("/usr/lib/cli/Newtonsoft.Json-5.0/Newtonsoft.Json.dll")
+pytestmark = pytest.mark.skipif(shutil.which("mcs") is None or shutil.which("mono") is None or not NEWTONSOFT.exists(),
+                                reason="needs Mono and Newtonsoft.Json (apt-get install mono-mcs "
+                                       "libmono-system-runtime-serialization4.0-cil libnewtonsoft-json5.0-cil)")
 FIXTURE_ARGV = [sys.executable, str(FIXTURE_WORKER)]
+
+
+def build_host(out_dir: Path) -> dict[str, Path]:
+    """Compile the host programs with Mono, exactly as hosts/csharp/build_mono.py documents."""
+    proc = subprocess.run([sys.executable, str(REPO / "hosts" / "csharp" / "build_mono.py"), str(out_dir)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return {name: out_dir / f"{name}.exe" for name in ("HostDemo", "StoryFlow")}
 
 
 @pytest.fixture(scope="module")
 def host_exe(tmp_path_factory) -> Path:
-    exe = tmp_path_factory.mktemp("csharp") / "host.exe"
-    proc = subprocess.run(["mcs", "-langversion:7", "-r:System.Runtime.Serialization.dll", f"-out:{exe}",
-                           *map(str, HOST_SOURCES)], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return exe
+    return build_host(tmp_path_factory.mktemp("csharp"))["HostDemo"]
 
 
-def host(exe: Path, mode: str, args: dict, worker_argv: list[str], tmp_path: Path, timeout_s: float = 60) -> dict:
+def host(exe: Path, mode: str, args: dict, worker_argv: list[str], tmp_path: Path, timeout_s: float = 60,
+         extra: tuple[str, ...] = ()) -> dict:
     args_file = tmp_path / "host-args.json"
     args_file.write_text(json.dumps(args, ensure_ascii=False), encoding="utf-8")
-    proc = subprocess.run(["mono", str(exe), mode, str(args_file), str(timeout_s), "--", *worker_argv],
-                          capture_output=True, timeout=timeout_s + 60)
+    proc = subprocess.run(["mono", str(exe), mode, str(args_file), str(timeout_s), *extra, "--", *worker_argv],
+                          capture_output=True, timeout=timeout_s * 4 + 60, cwd=REPO)
     assert proc.returncode == 0, proc.stderr.decode()
     return json.loads(proc.stdout.decode("utf-8"))
 
@@ -55,19 +63,29 @@ def test_error_kinds_reach_the_host_with_their_exit_codes(host_exe, tmp_path, ki
     assert report["protocol_error"] is None  # exit code and envelope agree
 
 
+def test_invalid_input_is_never_retried_even_when_marked_retryable(host_exe, tmp_path):
+    report = host(host_exe, "oneshot", {"output_dir": str(tmp_path / "o"), "mode": "fail", "kind": "invalid_input",
+                                        "retryable": True}, FIXTURE_ARGV, tmp_path)
+    assert report["retryable"] is True and report["should_retry"] is False
+
+
 def test_invalid_args_name_the_bad_fields(host_exe, tmp_path):
     report = host(host_exe, "oneshot", {"output_dir": str(tmp_path / "o"), "mode": 7, "nope": 1}, FIXTURE_ARGV,
                   tmp_path)
     assert report["kind"] == "invalid_input" and sorted(report["field_error_paths"]) == ["$.mode", "$.nope"]
 
 
-def test_crash_without_answer_and_timeout_are_retryable(host_exe, tmp_path):
+def test_crash_without_answer_is_retryable(host_exe, tmp_path):
     report = host(host_exe, "oneshot", {"output_dir": str(tmp_path / "o"), "mode": "exit_no_json", "exit_code": 1},
                   FIXTURE_ARGV, tmp_path)
     assert report["protocol_error"] == "no answer on stdout" and report["should_retry"] is True
-    report = host(host_exe, "oneshot", {"output_dir": str(tmp_path / "o"), "mode": "hang", "sleep_s": 30},
-                  FIXTURE_ARGV, tmp_path, timeout_s=1.5)
-    assert report["timed_out"] is True and report["should_retry"] is True
+
+
+def test_the_client_tables_match_the_contract(host_exe):
+    proc = subprocess.run(["mono", str(host_exe), "contract"], capture_output=True, text=True, check=True)
+    tables = json.loads(proc.stdout)
+    assert tables["exit_codes"] == {kind.value: code for kind, code in EXIT_CODES.items()}
+    assert tables["retry_delays_s"] == [0, 5, 15] and tables["version"] == CONTRACT_VERSION
 
 
 def test_warm_mode_from_dotnet(host_exe, tmp_path):
