@@ -226,7 +226,7 @@ class Runner:
         from .warm_pool import WarmPoolExecutor
 
         return WarmPoolExecutor(post, self.schemas, self.cancel, self.planner.identities,
-                                idle_s=self.opts.warm_idle_s, max_idle=self.slots.jobs)
+                                idle_s=self.opts.warm_idle_s, max_idle=self.slots.jobs, slots=self.slots)
 
     def _tolerated(self, sid: str) -> bool:
         """A failure (or a skip) that does not fail the run: the step, or the upstream that blocked it, is optional."""

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridge.gpus import GpuSpecInvalid, detect_gpus, parse_gpus
-from bridge.resources import Gpu, Resources, SlotPool
+from bridge.resources import Gpu, Grant, Resources, SlotPool
 
 requests = st.builds(Resources, gpu=st.integers(0, 2), vram_gb=st.none() | st.sampled_from([4.0, 6.0, 10.0]),
                      cpu=st.integers(1, 3), memory_gb=st.none() | st.sampled_from([1.0, 3.0]))
@@ -43,10 +43,40 @@ def test_slots_are_never_oversubscribed(ops):
                 assert sum(r.vram_gb for r in users) <= 10.0
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(requests, st.sampled_from(["w1", "w2"]), st.booleans()), max_size=40))
+def test_idle_warm_processes_count_until_evicted_and_are_never_oversubscribed(ops):
+    """A released grant may stay parked (an idle warm process); held and parked loads together fit."""
+    pool = SlotPool(jobs=4, gpus=[Gpu("0", 10.0), Gpu("1", None)])
+    parked: dict[int, Grant] = {}
+    pool.evict = lambda tokens: [parked.pop(t) for t in tokens]
+    held: list[Grant] = []
+    for token, (req, worker, release_first) in enumerate(ops):
+        if release_first and held:
+            done = held.pop(0)
+            pool.park(token, worker, done)
+            pool.release(done)
+            parked[token] = done
+        grant = pool.try_acquire(req, worker)
+        if grant is not None:
+            parked.pop(grant.warm_token, None)  # taken over
+            held.append(grant)
+        on: dict[str, list[Grant]] = {"0": [], "1": []}
+        for g in held + [g for g in parked.values() if g.gpus]:
+            for index in g.gpus:
+                on[index].append(g)
+        for index, users in on.items():
+            if any(g.vram_gb is None for g in users) or index == "1":
+                assert len(users) <= 1, (index, users)
+            else:
+                assert sum(g.vram_gb for g in users) <= 10.0
+
+
 def test_a_grant_names_its_devices_in_the_environment():
     pool = SlotPool(jobs=2, gpus=[Gpu("3")])
     grant = pool.try_acquire(Resources(gpu=1))
-    assert grant.env() == {"CUDA_VISIBLE_DEVICES": "3"} and grant.devices == ["cuda:3"]
+    assert grant.env() == {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": "3"}  # NVML's numbering
+    assert grant.devices == ["cuda:3"]
     assert pool.try_acquire(Resources(gpu=1)) is None  # exclusive
     assert pool.try_acquire(Resources(cpu=1)).env() == {"CUDA_VISIBLE_DEVICES": ""}  # declared, no GPU
     assert pool.try_acquire(None) is None  # --jobs 2: both slots are taken
