@@ -105,3 +105,20 @@ def test_gpus_come_from_nvidia_smi_narrowed_by_cuda_visible_devices(tmp_path: Pa
     assert detect_gpus({**env, "CUDA_VISIBLE_DEVICES": "1"}) == [Gpu("1", 79.6)]
     monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))
     assert detect_gpus({}) == []
+
+
+def test_a_waiting_multi_gpu_request_is_not_overtaken_by_smaller_gpu_requests():
+    from bridge.scheduler import Scheduler
+
+    sched = Scheduler(SlotPool(jobs=4, gpus=parse_gpus("0,1")))
+    one, two = Resources(gpu=1), Resources(gpu=2)
+    for node, req in [("small0", one), ("small1", one), ("big", two), ("small2", one), ("cpu", Resources())]:
+        sched.enqueue(node, req, now=0.0)
+    started = {}
+    while (got := sched.take_startable(0.0)) is not None:
+        started[got[0]] = got[1]
+    assert set(started) == {"small0", "small1", "cpu"}  # CPU-only work still goes past the waiting GPU request
+    sched.release(started.pop("small0"))
+    assert sched.take_startable(0.0) is None  # the freed GPU is kept for `big`, not given to small2
+    sched.release(started.pop("small1"))
+    assert sched.take_startable(0.0)[0] == "big"
