@@ -67,15 +67,17 @@ def commit(wd: Workdir, state: StateDB, sid: str, item: int, staging: Path, outc
 
 
 def remember_output_hashes(state: StateDB, outputs: list[dict[str, Any]]) -> None:
-    """The outputs' sha256 (verified in staging) memoised by (path, size, mtime): a rename keeps the mtime, so
-    neither a downstream step's cache key nor a resume's verification reads a large clip again."""
+    """The outputs' sha256 memoised by (path, size, mtime, inode, ctime) of the committed files, so neither a
+    downstream step's cache key nor a resume's verification reads a large clip again. An output below
+    TRUST_REPORTED_SHA_BYTES was hashed in staging; a larger one was checked by size only, so its memoised
+    sha256 is the one the worker reported (trusted: it hashed the file as it wrote it)."""
     for out in outputs:
         try:
             st = os.stat(out["path"], follow_symlinks=False)
         except OSError:
             continue
         if st.st_size == out["bytes"]:
-            state.store_hash(out["path"], st.st_size, st.st_mtime_ns, out["sha256"])
+            state.store_hash(out["path"], st, out["sha256"])
 
 
 def should_retry(outcome: AttemptOutcome, retry_on: list[str]) -> bool:

@@ -275,14 +275,21 @@ class StateDB:
         return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
     # input file hashes (content sha256, memoised by size + mtime) --------------------------------------
-    def cached_hash(self, path: str, size: int, mtime_ns: int) -> str | None:
-        row = self.db.execute("SELECT sha256 FROM file_hashes WHERE path=? AND size=? AND mtime_ns=?",
-                              (path, size, mtime_ns)).fetchone()
+    def cached_hash(self, path: str, st: os.stat_result) -> str | None:
+        """The sha256 memoised for `path` while it has this stat: size, mtime, inode and ctime. The ctime
+        cannot be set from user space, so a file rewritten in place with its old size and mtime restored
+        (os.utime) is hashed again."""
+        row = self.db.execute("SELECT sha256 FROM file_hashes WHERE path=? AND size=? AND mtime_ns=? AND ino=? "
+                              "AND ctime_ns=?", (path, *_stamp(st))).fetchone()
         return row[0] if row else None
 
-    def store_hash(self, path: str, size: int, mtime_ns: int, sha256: str) -> None:
-        self.db.execute("INSERT OR REPLACE INTO file_hashes(path, size, mtime_ns, sha256) VALUES (?,?,?,?)",
-                        (path, size, mtime_ns, sha256))
+    def store_hash(self, path: str, st: os.stat_result, sha256: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO file_hashes(path, size, mtime_ns, ino, ctime_ns, sha256) "
+                        "VALUES (?,?,?,?,?,?)", (path, *_stamp(st), sha256))
+
+
+def _stamp(st: os.stat_result) -> tuple[int, int, int, int]:
+    return st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns
 
 
 def _record(row: tuple) -> StepRecord:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import sys
 from pathlib import Path
@@ -264,6 +265,18 @@ def test_an_output_is_hashed_once_then_memoised_across_commit_and_resume(tmp_pat
     (tmp_path / "t.work" / "steps" / "a" / "out.txt").write_text('"z"')  # same size, new content and mtime
     code, out, _ = run_runner(m, schemas, explain=True)
     assert "run     a: output corrupt" in out
+
+
+def test_an_output_rewritten_in_place_with_its_old_size_and_mtime_is_hashed_again(tmp_path, schemas):
+    m = write_manifest(tmp_path, pool_manifest([{"id": "a", "worker": "pool", "args": {"tag": "a"}}]))
+    assert run_runner(m, schemas)[0] == EXIT_OK
+    out_file = tmp_path / "t.work" / "steps" / "a" / "out.txt"
+    before = out_file.stat()
+    with open(out_file, "r+b") as f:  # same inode, same size, other bytes
+        f.write(b'"z"')
+    os.utime(out_file, ns=(before.st_atime_ns, before.st_mtime_ns))
+    code, out, _ = run_runner(m, schemas, explain=True)
+    assert code == EXIT_OK and "run     a: output corrupt" in out
 
 
 @pytest.mark.parametrize(("idle_s", "same_process"), [(0.3, False), (60, True)])
