@@ -73,12 +73,18 @@ class AbandonedAttempt:
 
 
 class StateDB:
-    def __init__(self, path: Path, results_dir: Path):
+    def __init__(self, path: Path, results_dir: Path, *, snapshot: bool = False):
+        """`snapshot` (a dry run, which holds no lock): plan from an in-memory copy of the database, read
+        through a read-only connection; migrating it, and what the planner writes (the hash memo), touch the
+        copy only."""
         self.path = path
         self.results_dir = results_dir
-        self.db = sqlite3.connect(str(path), isolation_level=None, timeout=30, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")  # see the module doc: commits sync themselves
+        if snapshot:
+            self.db = _in_memory_copy(path)
+        else:
+            self.db = sqlite3.connect(str(path), isolation_level=None, timeout=30, check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")  # see the module doc: commits sync themselves
         try:
             self.migrated_from = open_format(self.db)  # 0: new; 1: migrated from format 1; 2: current
         except BaseException:
@@ -286,6 +292,17 @@ class StateDB:
     def store_hash(self, path: str, st: os.stat_result, sha256: str) -> None:
         self.db.execute("INSERT OR REPLACE INTO file_hashes(path, size, mtime_ns, ino, ctime_ns, sha256) "
                         "VALUES (?,?,?,?,?,?)", (path, *_stamp(st), sha256))
+
+
+def _in_memory_copy(path: Path) -> sqlite3.Connection:
+    copy = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+    if path.exists():
+        source = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+        try:
+            source.backup(copy)
+        finally:
+            source.close()
+    return copy
 
 
 def _stamp(st: os.stat_result) -> tuple[int, int, int, int]:

@@ -146,6 +146,28 @@ def test_a_format1_workdir_is_migrated_and_resumes(tmp_path, schemas):
     assert db.execute("SELECT step_id, item FROM steps ORDER BY step_id").fetchall() == [("a", -1), ("b", -1)]
 
 
+def test_a_dry_run_plans_a_format1_workdir_without_touching_it(tmp_path, schemas):
+    import hashlib
+
+    from bridge.lock import WorkdirLock
+
+    m = write_manifest(tmp_path, pool_manifest([{"id": "a", "worker": "pool", "args": {"tag": "a"}}]))
+    assert run_runner(m, schemas)[0] == EXIT_OK
+    bridge_dir = tmp_path / "t.work" / ".bridge"
+    _as_format1(bridge_dir / "state.db")
+    before = hashlib.sha256((bridge_dir / "state.db").read_bytes()).hexdigest()
+    lock = WorkdirLock(bridge_dir / "lock")
+    lock.acquire()  # another runner holds the workdir: a dry run takes no lock, so it must write nothing
+    try:
+        code, out, _ = run_runner(m, schemas, dry_run=True)
+    finally:
+        lock.release()
+    assert code == EXIT_OK and "skip    a: up to date" in out, out  # planned from a migrated in-memory copy
+    assert hashlib.sha256((bridge_dir / "state.db").read_bytes()).hexdigest() == before
+    db = sqlite3.connect(bridge_dir / "state.db")
+    assert db.execute("SELECT value FROM meta WHERE key='format'").fetchone() == ("1",)
+
+
 def test_a_newer_state_format_is_refused(tmp_path, schemas):
     m = write_manifest(tmp_path, pool_manifest([{"id": "a", "worker": "pool"}]))
     assert run_runner(m, schemas)[0] == EXIT_OK
