@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 
@@ -25,8 +26,8 @@ def parse_gpus(spec: str) -> list[Gpu]:
             budget = float(vram) if vram else None
         except ValueError:
             raise GpuSpecInvalid(f"--gpus: {vram!r} in {part!r} is not a number of GB") from None
-        if budget is not None and budget <= 0:
-            raise GpuSpecInvalid(f"--gpus: the VRAM budget in {part!r} must be positive")
+        if budget is not None and not (math.isfinite(budget) and budget > 0):
+            raise GpuSpecInvalid(f"--gpus: the VRAM budget in {part!r} must be a positive number of GB")
         gpus.append(Gpu(index, budget))
     if len({g.index for g in gpus}) != len(gpus):
         raise GpuSpecInvalid(f"--gpus: {spec!r} names a GPU twice")

@@ -88,7 +88,7 @@ def test_gpu_specs(spec, gpus):
     assert parse_gpus(spec) == gpus
 
 
-@pytest.mark.parametrize("spec", ["a", "0,0", "0:x", "0:-1", ""])
+@pytest.mark.parametrize("spec", ["a", "0,0", "0:x", "0:-1", "", "0:inf", "0:nan"])
 def test_bad_gpu_specs(spec):
     with pytest.raises(GpuSpecInvalid):
         parse_gpus(spec)
