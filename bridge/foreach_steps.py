@@ -82,11 +82,12 @@ class ForeachSteps:
         state, wd = co.ctx.state, co.ctx.wd
         whole = state.step(sid)
         if whole is not None:
-            state.forget_whole_step(sid)
-            final = wd.steps / sid
+            final, trash = wd.steps / sid, None
             if whole.committed and os.path.lexists(final):
                 trash = wd.trash / f"{sid}-{uuid.uuid4().hex[:8]}"
-                os.replace(final, trash)
+                os.replace(final, trash)  # before the row goes: a kill in between must not orphan its files
+            state.forget_whole_step(sid)
+            if trash is not None:
                 safefs.remove_entry(trash)
         state.forget_items(sid, count)
 

@@ -195,3 +195,29 @@ def test_clean_keeps_every_committed_item_and_a_resume_after_it_runs_nothing(tmp
     code, out, _ = run_runner(m, schemas, jobs=2, explain=True)
     assert code == EXIT_OK, out
     assert not log.exists()  # every item a cache hit: no worker ran
+
+
+def test_a_whole_step_turned_foreach_leaves_none_of_its_files_even_if_killed_while_replacing_them(
+        tmp_path, schemas, monkeypatch):
+    import bridge.foreach_steps
+
+    whole = pool_manifest([{"id": "s", "worker": "pool", "args": {"tag": "whole"}}])
+    assert run_runner(write_manifest(tmp_path, whole), schemas)[0] == EXIT_OK
+    old_dir = tmp_path / "t.work" / "steps" / "s"
+    assert (old_dir / "out.txt").exists()
+    fan = write_manifest(tmp_path, pool_manifest([
+        {"id": "list", "worker": "pool", "args": {"items": [0, 1]}},
+        {"id": "s", "worker": "pool", "foreach": "${steps.list.result.items}", "args": {"tag": "${item}"}}]))
+    real_replace = os.replace
+
+    def killed_at_the_rename(src, dst, *args, **kwargs):
+        if Path(src) == old_dir:
+            raise OSError("the runner was killed here")
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(bridge.foreach_steps.os, "replace", killed_at_the_rename)
+    with pytest.raises(OSError):
+        run_runner(fan, schemas)
+    monkeypatch.undo()
+    assert run_runner(fan, schemas)[0] == EXIT_OK
+    assert sorted(p.name for p in old_dir.iterdir()) == ["0", "1"]  # the whole step's out.txt did not stay
