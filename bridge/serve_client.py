@@ -19,11 +19,11 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from . import safefs
 from .answer import WORKER_EXIT_CODES, AttemptOutcome, classify, exit_text, single_json, tail_text
-from .process import STDERR_LINE_BYTES, ProcessResult, StderrReader, WorkerEventHandler
+from .process import ProcessResult, WorkerEventHandler
 from .proctree import ProcessTree, popen_kwargs, stop_worker
 from .schemas import SchemaStore
+from .serve_stderr import RoutedStderr
 from .worker_client import AttemptFiles
 
 _POLL_S = 0.05
@@ -41,34 +41,6 @@ class WarmState(str, Enum):
     DEAD = "dead"
 
 
-class _RoutedStderr(StderrReader):
-    """The one-shot stderr relay (events to a handler, noise to a tail, lines to stderr.log), routed to the
-    request in flight: its stderr.log and its event handler; between requests, to the tail only."""
-
-    def __init__(self, stream):
-        super().__init__(stream, None, None)
-        self._lock = threading.Lock()
-
-    def route(self, log_path: Path | None, on_event: WorkerEventHandler | None) -> None:
-        with self._lock:
-            if log_path is not None:
-                self.tail.clear()  # a crash message quotes this request's stderr, not an earlier one's
-            self._log_path, self._on_event = log_path, on_event
-
-    def run(self) -> None:
-        while raw := self._stream.readline(STDERR_LINE_BYTES):
-            with self._lock:
-                log_path = self._log_path
-            if log_path is not None:
-                try:
-                    with safefs.open_append_binary(log_path) as log:
-                        log.write(raw)
-                except (OSError, safefs.UnsafePath):
-                    pass  # the relay goes on: a full pipe would block the worker
-            with self._lock:
-                self._handle(raw.decode("utf-8", "replace").rstrip("\r\n"))
-
-
 class ServeClient:
     def __init__(self, argv: list[str], *, cwd: Path, env: dict[str, str], kill_grace_s: float,
                  spawn: Callable[[Callable[[], subprocess.Popen]], subprocess.Popen]):
@@ -82,7 +54,7 @@ class ServeClient:
         self.proc = spawn(lambda: subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                                    stderr=subprocess.PIPE, cwd=str(cwd), env=env, **popen_kwargs()))
         self.tree = ProcessTree(self.proc.pid)
-        self._stderr = _RoutedStderr(self.proc.stderr)
+        self._stderr = RoutedStderr(self.proc.stderr)
         self._tail = self._stderr.tail
         threading.Thread(target=self._read_stdout, daemon=True).start()
         self._stderr.start()
@@ -140,6 +112,8 @@ class ServeClient:
                 self.kill()
                 raise RequestNotSent(str(exc)) from None
             doc, why = self._next_message(started + timeout_s, cancel, want_id=request_id)
+            if doc is not None:
+                self._stderr.drain()  # what it wrote to stderr before answering belongs to this request
         finally:
             self._stderr.route(None, None)
         wall_s = round(time.monotonic() - started, 4)

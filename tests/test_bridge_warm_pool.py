@@ -117,3 +117,30 @@ def test_a_serve_process_that_does_not_start_falls_back_to_one_shot(tmp_path, sc
     assert [a["warm"] for a in steps_trace["s1"]["attempts"]] == [False]  # one-shot for the rest of the run
     jobs = jobs_log(log)
     assert jobs["s0"]["pid"] != jobs["s1"]["pid"]
+
+
+def test_a_crash_message_quotes_only_the_crashed_request_stderr(tmp_path, schemas):
+    steps = [{"id": "a", "worker": "pool", "args": {"tag": "a", "noise": "noise of request a"}},
+             {"id": "b", "worker": "pool", "needs": ["a"], "ignore_input_files": ["crash_once"],
+              "args": {"tag": "b", "noise": "noise of request b", "crash_once": str(tmp_path / "marker")}}]
+    run_runner(write_manifest(tmp_path, warm_manifest(steps)), schemas, jobs=1)
+    b = trace(tmp_path / "t.work")["steps"]["b"]["attempts"][0]
+    assert b["error_kind"] == "crash" and "noise of request b" in b["message"]
+    assert "noise of request a" not in b["message"]
+
+
+def test_the_serve_stderr_relay_splits_lines_and_keeps_the_last_one_without_newline(tmp_path):
+    import os
+
+    from bridge.serve_stderr import RoutedStderr
+
+    read_end, write_end = os.pipe()
+    relay = RoutedStderr(os.fdopen(read_end, "rb"))
+    events: list[dict] = []
+    relay.route(tmp_path / "stderr.log", events.append)
+    relay.start()
+    os.write(write_end, b'noise one\n{"event": "progress", "fraction": 0.5}\nlast')
+    os.close(write_end)
+    relay.join(timeout=10)
+    assert list(relay.tail) == ["noise one", "last"] and [e["fraction"] for e in events] == [0.5]
+    assert (tmp_path / "stderr.log").read_bytes() == b'noise one\n{"event": "progress", "fraction": 0.5}\nlast'
