@@ -74,6 +74,18 @@ def test_streaming_starts_downstream_items_before_upstream_ends(tmp_path, schema
     assert down0_start < up4_end
 
 
+def test_a_step_that_needs_its_stream_source_waits_for_all_of_it(tmp_path, schemas):
+    log, work = tmp_path / "jobs.log", tmp_path / "t.work"
+    doc = fan_manifest(log, ITEMS, sleep_s=0.2)
+    doc["steps"][2]["needs"] = ["up"]
+    code, out, _ = run_runner(write_manifest(tmp_path, doc), schemas, jobs=2)
+    assert code == EXIT_OK, out
+    evs = events(work)
+    down_starts = [e["ts"] for e in evs if e["event"] == "attempt_start" and e["step"] == "down"]
+    up_ends = [e["ts"] for e in evs if e["event"] == "attempt_end" and e["step"] == "up"]
+    assert len(down_starts) == len(up_ends) == 5 and min(down_starts) > max(up_ends)
+
+
 def test_failed_items_of_an_optional_step_degrade_gracefully(tmp_path, schemas):
     log, work = tmp_path / "jobs.log", tmp_path / "t.work"
     doc = fan_manifest(log, ITEMS)
