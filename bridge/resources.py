@@ -39,6 +39,7 @@ Fallback = Literal["cpu"]
 class Gpu:
     index: str
     vram_gb: float | None = None  # the budget; None: unknown (never shared)
+    uuid: str | None = field(default=None, compare=False)  # `GPU-...`, to read CUDA_VISIBLE_DEVICES by UUID
 
 
 @dataclass

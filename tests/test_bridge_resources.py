@@ -96,13 +96,17 @@ def test_bad_gpu_specs(spec):
 
 def test_gpus_come_from_nvidia_smi_narrowed_by_cuda_visible_devices(tmp_path: Path, monkeypatch):
     fake = tmp_path / "nvidia-smi"
-    fake.write_text("#!/bin/sh\necho '0, 24576'\necho '1, 81559'\n")
+    fake.write_text("#!/bin/sh\necho '0, GPU-aaaa-1111, 24576'\necho '1, GPU-bbbb-2222, 81559'\n")
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setattr("bridge.gpus._nvml_importable", lambda: False)
     env = {"PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}"}
     monkeypatch.setenv("PATH", env["PATH"])
     assert detect_gpus(env) == [Gpu("0", 24.0), Gpu("1", 79.6)]
     assert detect_gpus({**env, "CUDA_VISIBLE_DEVICES": "1"}) == [Gpu("1", 79.6)]
+    assert detect_gpus({**env, "CUDA_VISIBLE_DEVICES": "GPU-bbbb-2222,GPU-aaaa"}) == [Gpu("1", 79.6), Gpu("0", 24.0)]
+    assert detect_gpus({**env, "CUDA_VISIBLE_DEVICES": "-1"}) == []
+    with pytest.raises(GpuSpecInvalid, match="MIG-x.*--gpus"):
+        detect_gpus({**env, "CUDA_VISIBLE_DEVICES": "MIG-x"})
     monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))
     assert detect_gpus({}) == []
 
