@@ -60,6 +60,8 @@ def commit(wd: Workdir, state: StateDB, sid: str, item: int, staging: Path, outc
         os.replace(final, trash)  # a rename moves a planted link itself, never what it points to
     os.replace(staging, final)
     state.commit_step(sid, key, components, result, outputs, str(final), row, attempt_end(outcome), item=item)
+    if trash is not None:
+        state.forget_hashes_under(str(final))  # the replaced files' memo rows (never pruned otherwise)
     remember_output_hashes(state, outputs)
     if trash is not None:
         safefs.remove_entry(trash)

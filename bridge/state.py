@@ -289,6 +289,12 @@ class StateDB:
                               "AND ctime_ns=?", (path, *_stamp(st))).fetchone()
         return row[0] if row else None
 
+    def forget_hashes_under(self, directory: str) -> None:
+        """Memo rows of the files in `directory` (a committed directory being replaced): they are gone."""
+        prefix = directory + os.sep
+        self.db.execute("DELETE FROM file_hashes WHERE path=? OR substr(path, 1, ?)=?",
+                        (directory, len(prefix), prefix))
+
     def store_hash(self, path: str, st: os.stat_result, sha256: str) -> None:
         self.db.execute("INSERT OR REPLACE INTO file_hashes(path, size, mtime_ns, ino, ctime_ns, sha256) "
                         "VALUES (?,?,?,?,?,?)", (path, *_stamp(st), sha256))
