@@ -145,7 +145,7 @@ class WarmPoolExecutor:
             self._not_warm.add(request.worker)
         if why == "timeout":
             return AttemptOutcome(ok=False, kind="timeout", retryable=True, message=(
-                f"the warm worker did not say `ready` within {waited_s:g} s; it was killed and "
+                f"the warm worker did not say `ready` within {waited_s:.1f} s; it was killed and "
                 f"{request.worker!r} runs one process per attempt for the rest of the run"))
         return None  # it crashed at start (no `--serve`?): this very attempt runs one-shot
 
