@@ -126,7 +126,8 @@ class Coordinator:
         if kind == "expand":
             self.foreach.expand(sid)
         elif kind == "item":
-            self.decided(node, self.planner.decide(sid, item=node[2], item_value=self.foreach.value(sid, node[2])))
+            d = self.planner.decide(sid, item=node[2], item_value=self.foreach.value(sid, node[2]))
+            self.decided(node, d if sid in self.planner.force else self.foreach.reuse.reuse(d))
         elif self.ctx.m.steps[sid].foreach:
             self.foreach.settle(sid)
         else:

@@ -45,7 +45,7 @@ def final_dir(wd: Workdir, sid: str, item: int) -> Path:
 
 
 def commit(wd: Workdir, state: StateDB, sid: str, item: int, staging: Path, outcome: AttemptOutcome, key: str,
-           components: dict[str, Any], row: int) -> Committed:
+           components: dict[str, Any], row: int | None) -> Committed:
     """Atomic rename of the staging dir into place, then the durable record (see docs/runner.md)."""
     envelope = outcome.envelope or {}
     final = final_dir(wd, sid, item)

@@ -11,6 +11,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from . import refs, safefs
+from .item_reuse import ItemReuse
 from .report import StepTrace
 from .states import Action, State, unit_label
 
@@ -25,6 +26,7 @@ class ForeachSteps:
         self.counts: dict[str, int] = {}
         self.values: dict[str, list[Any]] = {}  # the list of a step that does not stream
         self.expanded_at: dict[str, float] = {}
+        self.reuse = ItemReuse(coordinator.ctx.wd, coordinator.ctx.state)
 
     def value(self, sid: str, item: int) -> Any:
         """What `${item}` stands for in item `item` of `sid`."""
@@ -89,6 +91,7 @@ class ForeachSteps:
             state.forget_whole_step(sid)
             if trash is not None:
                 safefs.remove_entry(trash)
+        self.reuse.hold_past(sid, count)
         state.forget_items(sid, count)
 
     def settle(self, sid: str) -> None:
@@ -97,6 +100,7 @@ class ForeachSteps:
         tr = co.trace[sid]
         if tr.status != State.PENDING:  # settled early
             return
+        self.reuse.drop(sid)
         items = tr.items or {}
         count = self.counts.get(sid, 0)
         missing = {s: [i for i in range(count) if items.get(i) and items[i].status == s]

@@ -157,6 +157,12 @@ class StateDB:
                                (step_id,)).fetchall()
         return {row[10]: _record(row) for row in rows}
 
+    def committed_items_with_key(self, step_id: str, key: str) -> list[StepRecord]:
+        rows = self.db.execute("SELECT step_id, status, committed_key, components, result, outputs, committed_dir, "
+                               "last_key, last_error, result_file, item FROM steps WHERE step_id=? AND item>=0 "
+                               "AND committed_key=? ORDER BY item", (step_id, key)).fetchall()
+        return [_record(row) for row in rows]
+
     def forget_items(self, step_id: str, from_item: int) -> None:
         """Item rows at or past `from_item` (the list got shorter), or every item row (`from_item` 0)."""
         self.db.execute("DELETE FROM steps WHERE step_id=? AND item>=?", (step_id, from_item))
@@ -183,9 +189,10 @@ class StateDB:
         self._upsert_status(step_id, item, status, key, error)
 
     def commit_step(self, step_id: str, key: str, components: dict[str, Any], result: Any,
-                    outputs: list[dict[str, Any]], committed_dir: str, attempt_row: int, end: AttemptEnd,
+                    outputs: list[dict[str, Any]], committed_dir: str, attempt_row: int | None, end: AttemptEnd,
                     item: int = WHOLE_STEP) -> None:
-        """The unit's committed record and the end of the attempt that made it, in one transaction."""
+        """The unit's committed record and the end of the attempt that made it (None: reused, no attempt),
+        in one transaction."""
         prefix = _result_prefix(step_id, item)
         inline, result_file = self._store_result(prefix, result)
         now = time.time()
@@ -200,7 +207,8 @@ class StateDB:
                 "result_file=excluded.result_file",
                 (step_id, item, "committed", key, _dump(components), inline, _dump(outputs), committed_dir, now, key,
                  now, _dump(result_file)))
-            self._end_attempt(attempt_row, end)
+            if attempt_row is not None:
+                self._end_attempt(attempt_row, end)
         self._drop_result_files(prefix, keep=result_file["name"] if result_file else None)
 
     def mark_cache_hit(self, step_id: str, item: int = WHOLE_STEP) -> None:

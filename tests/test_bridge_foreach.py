@@ -233,3 +233,28 @@ def test_a_whole_step_turned_foreach_leaves_none_of_its_files_even_if_killed_whi
     monkeypatch.undo()
     assert run_runner(fan, schemas)[0] == EXIT_OK
     assert sorted(p.name for p in old_dir.iterdir()) == ["0", "1"]  # the whole step's out.txt did not stay
+
+
+@pytest.mark.parametrize(("new", "runs"), [("Zabcde", ["Z"]), ("bcde", []), ("aXcde", ["X"]), ("edcba", [])])
+def test_an_item_whose_key_was_committed_at_another_index_reuses_that_output(tmp_path, schemas, new, runs):
+    log, work = tmp_path / "jobs.log", tmp_path / "t.work"
+
+    def manifest(items: str) -> Path:
+        return write_manifest(tmp_path, pool_manifest([
+            {"id": "list", "worker": "pool", "args": {"items": list(items)}},
+            {"id": "up", "worker": "pool", "foreach": "${steps.list.result.items}",
+             "ignore_input_files": ["log_file"], "args": {"tag": "${item}", "log_file": str(log)}},
+            {"id": "all", "worker": "pool", "args": {"items": "${steps.up.result}"}}]))
+
+    assert run_runner(manifest("abcde"), schemas, jobs=2)[0] == EXIT_OK
+    log.unlink()
+    code, out, _ = run_runner(manifest(new), schemas, jobs=2, explain=True)
+    assert code == EXIT_OK, out
+    assert sorted(j["tag"] for j in jobs_log(log) if j["tag"] in new) == runs  # only new values ran
+    assert [json.loads((work / "steps" / "up" / str(i) / "out.txt").read_text()) for i in range(len(new))] == list(new)
+    (result,) = rows(work, "SELECT result FROM steps WHERE step_id='all'")[0]
+    items = json.loads(result)["items"]
+    assert [r["tag"] for r in items] == list(new)
+    assert all(r["file"] == str((work / "steps" / "up" / str(i) / "out.txt").resolve()) for i, r in enumerate(items))
+    code, out, _ = run_runner(manifest(new), schemas, jobs=2, explain=True)
+    assert code == EXIT_OK and "run     " not in out  # a resume after it runs nothing
