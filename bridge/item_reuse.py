@@ -67,7 +67,7 @@ class ItemReuse:
         holding = self._holding.setdefault(sid, self.wd.trash / f"reuse-{sid}-{uuid.uuid4().hex[:8]}")
         holding.mkdir(exist_ok=True)
         copy = holding / str(rec.item)
-        if _link_tree(Path(rec.committed_dir or ""), copy):
+        if not copy.exists() and _link_tree(Path(rec.committed_dir or ""), copy):
             self._held.setdefault(sid, {})[rec.committed_key or ""] = (copy, rec)
 
     def _in_place(self, sid: str, item: int, key: str) -> tuple[Path, StepRecord] | None:
