@@ -158,9 +158,9 @@ class WarmPoolExecutor:
         if slot.client.state != WarmState.READY or self._closed.is_set():
             slot.client.kill()
             return
-        if self.slots is not None and request.grant is not None:
-            self.slots.park(slot.token, slot.worker, request.grant)  # idle, its model still in VRAM
-        with self._lock:
+        with self._lock:  # parked and listed at once: an eviction sees both or neither
+            if self.slots is not None and request.grant is not None:
+                self.slots.park(slot.token, slot.worker, request.grant)  # idle, its model still in VRAM
             self._idle.append(slot)
             surplus = self._idle[:-self.max_idle] if len(self._idle) > self.max_idle else []
             self._idle = self._idle[len(surplus):]
