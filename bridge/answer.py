@@ -4,6 +4,7 @@ See the classification table in docs/runner.md."""
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -145,14 +146,15 @@ def _is_under(path: Path, root: Path) -> bool:
 
 
 class HashMemo(Protocol):
-    def cached_hash(self, path: str, size: int, mtime_ns: int) -> str | None: ...
+    def cached_hash(self, path: str, st: os.stat_result) -> str | None: ...
 
 
 def verify_outputs(outputs: list[dict[str, Any]], inside: Path | None = None, memo: HashMemo | None = None) -> list[str]:
     """Every output is a regular file (inside `inside`, when given) with the reported size and sha256.
 
-    A hash memoised for the same (path, size, mtime) is not computed again (`memo`: the state DB); in staging
-    (`inside`), files of TRUST_REPORTED_SHA_BYTES or more are checked by size only.
+    A hash memoised for the same (path, size, mtime, inode, ctime) is not computed again (`memo`: the state
+    DB). In staging (`inside`), files of TRUST_REPORTED_SHA_BYTES or more are checked by size only: their
+    reported sha256 is trusted, not verified.
     """
     problems = []
     root = inside.resolve() if inside is not None else None
@@ -170,7 +172,7 @@ def verify_outputs(outputs: list[dict[str, Any]], inside: Path | None = None, me
             continue
         if inside is not None and st.st_size >= TRUST_REPORTED_SHA_BYTES:
             continue
-        if memo is not None and memo.cached_hash(str(path), st.st_size, st.st_mtime_ns) == out["sha256"]:
+        if memo is not None and memo.cached_hash(str(path), st) == out["sha256"]:
             continue
         try:
             digest = safefs.sha256_regular_file(path)

@@ -59,7 +59,8 @@ def input_files(args: dict[str, Any], base_dir: Path) -> dict[str, Path]:
 
 
 def file_sha256(path: Path, state: StateDB | None) -> str | None:
-    """Content hash, memoised in the state DB by (path, size, mtime_ns) so unchanged inputs are not re-read.
+    """Content hash, memoised in the state DB by (path, size, mtime, inode, ctime) so unchanged inputs are not
+    re-read.
 
     None when `path` is no longer a regular file (it changed type since it was found). Raises InputUnreadable.
     """
@@ -69,7 +70,7 @@ def file_sha256(path: Path, state: StateDB | None) -> str | None:
             return None
         fd, st = opened
         try:
-            cached = state.cached_hash(str(path), st.st_size, st.st_mtime_ns) if state is not None else None
+            cached = state.cached_hash(str(path), st) if state is not None else None
             if cached:
                 return cached
             digest = safefs.sha256_fd(fd)
@@ -78,7 +79,7 @@ def file_sha256(path: Path, state: StateDB | None) -> str | None:
     except OSError as exc:
         raise InputUnreadable(f"input file {path} cannot be read: {exc.strerror or exc}") from None
     if state is not None:
-        state.store_hash(str(path), st.st_size, st.st_mtime_ns, digest)
+        state.store_hash(str(path), st, digest)
     return digest
 
 

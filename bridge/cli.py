@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -122,6 +123,13 @@ def _gpu_spec(text: str) -> str:
     return text
 
 
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (0 or more)")
+    return value
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -167,7 +175,7 @@ def _add_run(sub) -> None:
     run.add_argument("--gpus", metavar="SPEC", type=_gpu_spec, help=GPUS_HELP)
     run.add_argument("--no-warm", action="store_true",
                      help="one worker process per attempt, even for workers that can serve warm")
-    run.add_argument("--warm-idle-s", type=float, default=60.0, metavar="S",
+    run.add_argument("--warm-idle-s", type=_seconds, default=60.0, metavar="S",
                      help="shut down a warm worker idle for S seconds (default 60)")
     run.add_argument("--quiet", "-q", action="store_true", help="print only failures and the final line")
     run.set_defaults(func=_run)

@@ -126,7 +126,8 @@ class Coordinator:
         if kind == "expand":
             self.foreach.expand(sid)
         elif kind == "item":
-            self.decided(node, self.planner.decide(sid, item=node[2], item_value=self.foreach.value(sid, node[2])))
+            d = self.planner.decide(sid, item=node[2], item_value=self.foreach.value(sid, node[2]))
+            self.decided(node, d if sid in self.planner.force else self.foreach.reuse.reuse(d))
         elif self.ctx.m.steps[sid].foreach:
             self.foreach.settle(sid)
         else:
@@ -179,7 +180,7 @@ class Coordinator:
         self.ctx.state.mark_waiting(run.sid, d.key, item=run.item)
         self.ctx.events.emit("step_start", **run.ids(), worker=step.worker, reason=d.reason, key=d.key,
                              max_attempts=run.policy.max_attempts, timeout_s=run.timeout_s)
-        self.scheduler.enqueue(node, step.resources, time.monotonic())
+        self.scheduler.enqueue(node, step.resources, time.monotonic(), step.worker)
 
     # attempts -------------------------------------------------------------------------------------------------
     def _start_what_fits(self) -> None:
@@ -207,7 +208,7 @@ class Coordinator:
             unit=(run.sid, run.item), attempt=run.attempt, worker=step.worker, prefix=prefix,
             args={**(run.decision.args or {}), "output_dir": str(staging)}, files=run.files, cwd=ctx.m.base_dir,
             env={**ctx.env, **grant.env()}, timeout_s=run.timeout_s,
-            kill_grace_s=ctx.m.manifest.defaults.kill_grace_s, devices=grant.devices))
+            kill_grace_s=ctx.m.manifest.defaults.kill_grace_s, devices=grant.devices, grant=grant))
 
     def _apply(self, message: Message) -> None:
         sid, item = message.request.unit
@@ -272,7 +273,8 @@ class Coordinator:
                             delay_s=round(delay, 3), error_kind=outcome.kind, message=outcome.message)
             run.trace.status = State.WAITING
             ctx.state.mark_waiting(run.sid, run.decision.key, item=run.item)
-            self.scheduler.defer(run.node, ctx.m.steps[run.sid].resources, time.monotonic() + delay)
+            step = ctx.m.steps[run.sid]
+            self.scheduler.defer(run.node, step.resources, time.monotonic() + delay, step.worker)
         else:
             self._give_up(run, outcome)
 

@@ -45,7 +45,7 @@ def final_dir(wd: Workdir, sid: str, item: int) -> Path:
 
 
 def commit(wd: Workdir, state: StateDB, sid: str, item: int, staging: Path, outcome: AttemptOutcome, key: str,
-           components: dict[str, Any], row: int) -> Committed:
+           components: dict[str, Any], row: int | None) -> Committed:
     """Atomic rename of the staging dir into place, then the durable record (see docs/runner.md)."""
     envelope = outcome.envelope or {}
     final = final_dir(wd, sid, item)
@@ -60,6 +60,8 @@ def commit(wd: Workdir, state: StateDB, sid: str, item: int, staging: Path, outc
         os.replace(final, trash)  # a rename moves a planted link itself, never what it points to
     os.replace(staging, final)
     state.commit_step(sid, key, components, result, outputs, str(final), row, attempt_end(outcome), item=item)
+    if trash is not None:
+        state.forget_hashes_under(str(final))  # the replaced files' memo rows (never pruned otherwise)
     remember_output_hashes(state, outputs)
     if trash is not None:
         safefs.remove_entry(trash)
@@ -67,15 +69,17 @@ def commit(wd: Workdir, state: StateDB, sid: str, item: int, staging: Path, outc
 
 
 def remember_output_hashes(state: StateDB, outputs: list[dict[str, Any]]) -> None:
-    """The outputs' sha256 (verified in staging) memoised by (path, size, mtime): a rename keeps the mtime, so
-    neither a downstream step's cache key nor a resume's verification reads a large clip again."""
+    """The outputs' sha256 memoised by (path, size, mtime, inode, ctime) of the committed files, so neither a
+    downstream step's cache key nor a resume's verification reads a large clip again. An output below
+    TRUST_REPORTED_SHA_BYTES was hashed in staging; a larger one was checked by size only, so its memoised
+    sha256 is the one the worker reported (trusted: it hashed the file as it wrote it)."""
     for out in outputs:
         try:
             st = os.stat(out["path"], follow_symlinks=False)
         except OSError:
             continue
         if st.st_size == out["bytes"]:
-            state.store_hash(out["path"], st.st_size, st.st_mtime_ns, out["sha256"])
+            state.store_hash(out["path"], st, out["sha256"])
 
 
 def should_retry(outcome: AttemptOutcome, retry_on: list[str]) -> bool:

@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .answer import AttemptOutcome
+from .resources import Grant
 from .schemas import SchemaStore
-from .worker_client import AttemptFiles, run_attempt
+from .worker_client import AttemptFiles, run_written_attempt, write_args_file
 
 
 @dataclass
@@ -34,6 +35,7 @@ class AttemptRequest:
     kill_grace_s: float
     devices: list[str] = field(default_factory=lambda: ["cpu"])
     model_key: str | None = None  # set when the worker can serve warm: requests with one key share a process
+    grant: Grant | None = None  # what the attempt holds (the warm pool parks its GPU load while idle)
 
 
 @dataclass
@@ -114,11 +116,16 @@ class LocalExecutor:
         self._threads.start(request, self._attempt)
 
     def _attempt(self, request: AttemptRequest) -> AttemptOutcome:
-        return run_attempt(request.prefix, request.args, files=request.files, cwd=request.cwd, env=request.env,
-                           schemas=self.schemas, worker=request.worker, timeout_s=request.timeout_s,
-                           kill_grace_s=request.kill_grace_s, cancel=self.cancel,
-                           on_event=lambda ev: self.post(WorkerEvent(request, ev)),
-                           on_start=lambda pid: self.post(Started(request, pid)))
+        write_args_file(request.files, request.args)
+        return self.run_written(request, timeout_s=request.timeout_s)
+
+    def run_written(self, request: AttemptRequest, *, timeout_s: float) -> AttemptOutcome:
+        """One process for an attempt whose args file is written (also the warm pool's fallback)."""
+        return run_written_attempt(request.prefix, files=request.files, cwd=request.cwd, env=request.env,
+                                   schemas=self.schemas, worker=request.worker, timeout_s=timeout_s,
+                                   kill_grace_s=request.kill_grace_s, cancel=self.cancel,
+                                   on_event=lambda ev: self.post(WorkerEvent(request, ev)),
+                                   on_start=lambda pid: self.post(Started(request, pid)))
 
     def close(self) -> None:
         self._threads.join()

@@ -11,6 +11,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from . import refs, safefs
+from .item_reuse import ItemReuse
 from .report import StepTrace
 from .states import Action, State, unit_label
 
@@ -25,6 +26,7 @@ class ForeachSteps:
         self.counts: dict[str, int] = {}
         self.values: dict[str, list[Any]] = {}  # the list of a step that does not stream
         self.expanded_at: dict[str, float] = {}
+        self.reuse = ItemReuse(coordinator.ctx.wd, coordinator.ctx.state)
 
     def value(self, sid: str, item: int) -> Any:
         """What `${item}` stands for in item `item` of `sid`."""
@@ -82,12 +84,14 @@ class ForeachSteps:
         state, wd = co.ctx.state, co.ctx.wd
         whole = state.step(sid)
         if whole is not None:
-            state.forget_whole_step(sid)
-            final = wd.steps / sid
+            final, trash = wd.steps / sid, None
             if whole.committed and os.path.lexists(final):
                 trash = wd.trash / f"{sid}-{uuid.uuid4().hex[:8]}"
-                os.replace(final, trash)
+                os.replace(final, trash)  # before the row goes: a kill in between must not orphan its files
+            state.forget_whole_step(sid)
+            if trash is not None:
                 safefs.remove_entry(trash)
+        self.reuse.hold_past(sid, count)
         state.forget_items(sid, count)
 
     def settle(self, sid: str) -> None:
@@ -96,6 +100,7 @@ class ForeachSteps:
         tr = co.trace[sid]
         if tr.status != State.PENDING:  # settled early
             return
+        self.reuse.drop(sid)
         items = tr.items or {}
         count = self.counts.get(sid, 0)
         missing = {s: [i for i in range(count) if items.get(i) and items[i].status == s]

@@ -3,7 +3,7 @@ start (`validate` and `run` refuse those before anything runs)."""
 
 from __future__ import annotations
 
-from .gpus import detect_gpus
+from .gpus import GpuSpecInvalid, detect_gpus
 from .manifest import LoadedManifest
 from .resources import Gpu, SlotPool
 
@@ -21,7 +21,10 @@ def slot_pool(m: LoadedManifest, jobs: int, gpus: list[Gpu] | None, env: dict[st
     one. Raises ResourcesImpossible naming every step that could never start."""
     wants_gpu = any(s.resources and s.resources.gpu for s in m.steps.values())
     if gpus is None:
-        gpus = detect_gpus(env) if wants_gpu else []
+        try:
+            gpus = detect_gpus(env) if wants_gpu else []
+        except GpuSpecInvalid as exc:
+            raise ResourcesImpossible([str(exc)]) from None
     pool = SlotPool(jobs=max(1, jobs), gpus=gpus, memory_gb=_memory_gb(m))
     problems = [f"step {s.id}: {why}" for s in m.steps.values() if (why := pool.impossible(s.resources, s.fallback))]
     if problems:

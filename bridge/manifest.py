@@ -238,8 +238,9 @@ def check_document(doc: Any, manifest_path: Path, schemas: SchemaStore | None = 
         over = [refs.parse(s.foreach).step] if s.foreach else []
         deps[s.id] = list(dict.fromkeys(list(s.needs) + over + [r.step for _, r in found]))
     with_foreach = {s.id for s in manifest.steps if s.foreach}
-    stream_from = {s.id: src for s in manifest.steps
-                   if (src := fanout.stream_source(s.foreach, with_foreach, s.args)) is not None}
+    stream_from = {s.id: src for s in manifest.steps  # `needs: [A]` asks for all of A: no streaming then
+                   if (src := fanout.stream_source(s.foreach, with_foreach, s.args)) is not None
+                   and src not in s.needs}
     order = topological_order([s.id for s in manifest.steps], deps)
     base_dir = manifest_path.resolve().parent
     workdir = Path(os.path.expanduser(manifest.workdir)) if manifest.workdir else Path(f"{manifest.name}.work")

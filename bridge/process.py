@@ -26,7 +26,7 @@ MAX_STDOUT_BYTES = 64 * 1024 * 1024
 #: After the worker exits, how long its pipes may stay open before whatever holds them is stopped.
 ANSWER_GRACE_S = 1.0
 STDERR_TAIL_LINES = 40
-_STDERR_LINE_BYTES = 1 << 20  # a "line" without a newline is cut here, so stderr cannot exhaust memory
+STDERR_LINE_BYTES = 1 << 20  # a "line" without a newline is cut here, so stderr cannot exhaust memory
 _POLL_S = 0.05
 _SAMPLE_EVERY_S = 0.25
 
@@ -75,7 +75,7 @@ class _StdoutReader(threading.Thread):
             return b"".join(self._chunks), self.total
 
 
-class _StderrReader(threading.Thread):
+class StderrReader(threading.Thread):
     """Lines to stderr.log; JSON events to `on_event`; the rest (library noise) to a short tail."""
 
     def __init__(self, stream, log_path: Path | None, on_event: WorkerEventHandler | None):
@@ -94,7 +94,7 @@ class _StderrReader(threading.Thread):
             except (OSError, safefs.UnsafePath):
                 pass  # no log file, but the pipe must still be drained, or the worker blocks on a full pipe
         try:
-            while raw := self._stream.readline(_STDERR_LINE_BYTES):
+            while raw := self._stream.readline(STDERR_LINE_BYTES):
                 if log:
                     log.write(raw)
                 self._handle(raw.decode("utf-8", "replace").rstrip("\r\n"))
@@ -141,7 +141,7 @@ def run_process(argv: list[str], *, cwd: Path | None = None, env: dict[str, str]
         if on_start is not None:
             on_start(proc.pid)
         assert proc.stdout is not None and proc.stderr is not None
-        stdout, stderr = _StdoutReader(proc.stdout), _StderrReader(proc.stderr, stderr_log, on_event)
+        stdout, stderr = _StdoutReader(proc.stdout), StderrReader(proc.stderr, stderr_log, on_event)
         stdout.start()
         stderr.start()
         timed_out, cancelled = _supervise(proc, tree, started, timeout_s, cancel, kill_grace_s)
@@ -178,7 +178,7 @@ def _supervise(proc: subprocess.Popen, tree: ProcessTree, started: float, timeou
             return timed_out, cancelled
 
 
-def _collect(proc: subprocess.Popen, tree: ProcessTree, readers: list[_StdoutReader | _StderrReader],
+def _collect(proc: subprocess.Popen, tree: ProcessTree, readers: list[_StdoutReader | StderrReader],
              grace_s: float) -> None:
     """The worker has exited: wait briefly for its pipes to close, then stop whatever it left running."""
     deadline = time.monotonic() + ANSWER_GRACE_S

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import sqlite3
 import threading
 import time
 import uuid
@@ -117,7 +118,7 @@ class Runner:
 
     # --------------------------------------------------------------------------------------------- run
     def _open_state(self) -> None:
-        self.state = StateDB(self.wd.state_db, self.wd.results)
+        self.state = StateDB(self.wd.state_db, self.wd.results, snapshot=self.opts.dry_run)
         self.planner = Planner(self.m, self.state, force=self.opts.force, env=self.env, cancel=self.cancel)
 
     def _select(self) -> list[str]:
@@ -226,7 +227,7 @@ class Runner:
         from .warm_pool import WarmPoolExecutor
 
         return WarmPoolExecutor(post, self.schemas, self.cancel, self.planner.identities,
-                                idle_s=self.opts.warm_idle_s, max_idle=self.slots.jobs)
+                                idle_s=self.opts.warm_idle_s, max_idle=self.slots.jobs, slots=self.slots)
 
     def _tolerated(self, sid: str) -> bool:
         """A failure (or a skip) that does not fail the run: the step, or the upstream that blocked it, is optional."""
@@ -240,7 +241,11 @@ class Runner:
 
     # ---------------------------------------------------------------------------------------- dry run
     def _dry_run(self) -> int:
-        self._open_state()
+        try:
+            self._open_state()
+        except (StateFormatError, sqlite3.Error) as exc:
+            self._say(f"[unusable workdir] {exc}")
+            return EXIT_INVALID
         try:
             try:
                 selected = self._select()

@@ -24,6 +24,11 @@ class _Runnable:
     node: Node
     resources: Resources | None
     queued_at: float
+    worker: str | None = None  # whose attempt: it may take over that worker's idle warm process
+
+    @property
+    def gpus(self) -> int:
+        return self.resources.gpu if self.resources is not None else 0
 
 
 class Scheduler:
@@ -70,13 +75,13 @@ class Scheduler:
         return heapq.heappop(self._ready)[2] if self._ready else None
 
     # running --------------------------------------------------------------------------------------------
-    def enqueue(self, node: Node, resources: Resources | None, now: float) -> None:
+    def enqueue(self, node: Node, resources: Resources | None, now: float, worker: str | None = None) -> None:
         """`node` is decided to run: it waits for a slot."""
-        self._runnable.append(_Runnable(node, resources, now))
+        self._runnable.append(_Runnable(node, resources, now, worker))
 
-    def defer(self, node: Node, resources: Resources | None, due: float) -> None:
+    def defer(self, node: Node, resources: Resources | None, due: float, worker: str | None = None) -> None:
         """Back in the slot queue at `due` (backoff before a retry); until then it holds nothing."""
-        heapq.heappush(self._delayed, (due, next(self._seq), _Runnable(node, resources, due)))
+        heapq.heappush(self._delayed, (due, next(self._seq), _Runnable(node, resources, due, worker)))
 
     def release_due(self, now: float) -> None:
         while self._delayed and self._delayed[0][0] <= now:
@@ -88,14 +93,23 @@ class Scheduler:
     def take_startable(self, now: float) -> tuple[Node, Grant, float] | None:
         """The first queued node whose resources are free now: (node, grant, seconds it waited).
 
-        First come, first served among those that fit, so a big request never blocks small ones behind it.
+        First come, first served among those that fit, so a big request does not block small ones behind it;
+        except on GPUs: once a GPU request waits, no later GPU request starts before it (the GPUs are reserved
+        for it as they free up; else a 2-GPU request would wait forever behind a stream of 1-GPU ones). CPU-only
+        requests still go past it.
         """
         self.release_due(now)
+        gpu_reserved = False
         for i, entry in enumerate(self._runnable):
-            grant = self.slots.try_acquire(entry.resources)
-            if grant is not None:
-                del self._runnable[i]
-                return entry.node, grant, max(0.0, now - entry.queued_at)
+            on_gpus = entry.gpus > 0 and bool(self.slots.gpus)  # not a `fallback: cpu` step on a GPU-less machine
+            if gpu_reserved and on_gpus:
+                continue
+            grant = self.slots.try_acquire(entry.resources, entry.worker)
+            if grant is None:
+                gpu_reserved = gpu_reserved or on_gpus
+                continue
+            del self._runnable[i]
+            return entry.node, grant, max(0.0, now - entry.queued_at)
         return None
 
     def release(self, grant: Grant) -> None:

@@ -19,15 +19,19 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from . import safefs
 from .answer import WORKER_EXIT_CODES, AttemptOutcome, classify, exit_text, single_json, tail_text
-from .process import _STDERR_LINE_BYTES, ProcessResult, WorkerEventHandler, _StderrReader
+from .process import ProcessResult, WorkerEventHandler
 from .proctree import ProcessTree, popen_kwargs, stop_worker
 from .schemas import SchemaStore
+from .serve_stderr import RoutedStderr
 from .worker_client import AttemptFiles
 
 _POLL_S = 0.05
 _SAMPLE_EVERY_S = 0.25
+
+
+class RequestNotSent(Exception):
+    """The process was gone before the request reached it (it never saw it): the client is DEAD."""
 
 
 class WarmState(str, Enum):
@@ -35,32 +39,6 @@ class WarmState(str, Enum):
     READY = "ready"
     BUSY = "busy"
     DEAD = "dead"
-
-
-class _RoutedStderr(_StderrReader):
-    """The one-shot stderr relay (events to a handler, noise to a tail, lines to stderr.log), routed to the
-    request in flight: its stderr.log and its event handler; between requests, to the tail only."""
-
-    def __init__(self, stream):
-        super().__init__(stream, None, None)
-        self._lock = threading.Lock()
-
-    def route(self, log_path: Path | None, on_event: WorkerEventHandler | None) -> None:
-        with self._lock:
-            self._log_path, self._on_event = log_path, on_event
-
-    def run(self) -> None:
-        while raw := self._stream.readline(_STDERR_LINE_BYTES):
-            with self._lock:
-                log_path = self._log_path
-            if log_path is not None:
-                try:
-                    with safefs.open_append_binary(log_path) as log:
-                        log.write(raw)
-                except (OSError, safefs.UnsafePath):
-                    pass  # the relay goes on: a full pipe would block the worker
-            with self._lock:
-                self._handle(raw.decode("utf-8", "replace").rstrip("\r\n"))
 
 
 class ServeClient:
@@ -76,7 +54,7 @@ class ServeClient:
         self.proc = spawn(lambda: subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                                    stderr=subprocess.PIPE, cwd=str(cwd), env=env, **popen_kwargs()))
         self.tree = ProcessTree(self.proc.pid)
-        self._stderr = _RoutedStderr(self.proc.stderr)
+        self._stderr = RoutedStderr(self.proc.stderr)
         self._tail = self._stderr.tail
         threading.Thread(target=self._read_stdout, daemon=True).start()
         self._stderr.start()
@@ -121,18 +99,21 @@ class ServeClient:
     def request(self, args: dict[str, Any], *, files: AttemptFiles, request_id: str, schemas: SchemaStore,
                 worker: str, timeout_s: float, cancel: threading.Event,
                 on_event: WorkerEventHandler | None) -> AttemptOutcome:
-        """READY -> BUSY -> READY (answered) or DEAD (crashed, timed out, cancelled)."""
+        """READY -> BUSY -> READY (answered) or DEAD (crashed, timed out, cancelled). Raises RequestNotSent
+        when the process was already gone (the args file is the caller's: written once per attempt)."""
         assert self.state == WarmState.READY, self.state
         self.state = WarmState.BUSY
-        files.args_file.parent.mkdir()
-        safefs.write_new(files.args_file, json.dumps(args, ensure_ascii=False, indent=1).encode("utf-8"))
         self._stderr.route(files.stderr_log, on_event)
         started = time.monotonic()
         try:
-            self._send({"op": "run", "id": request_id, "args": args})
+            try:
+                self._send({"op": "run", "id": request_id, "args": args})
+            except (OSError, ValueError) as exc:
+                self.kill()
+                raise RequestNotSent(str(exc)) from None
             doc, why = self._next_message(started + timeout_s, cancel, want_id=request_id)
-        except (OSError, ValueError) as exc:
-            doc, why = None, f"crash: cannot send the request: {exc}"
+            if doc is not None:
+                self._stderr.drain()  # what it wrote to stderr before answering belongs to this request
         finally:
             self._stderr.route(None, None)
         wall_s = round(time.monotonic() - started, 4)

@@ -73,12 +73,18 @@ class AbandonedAttempt:
 
 
 class StateDB:
-    def __init__(self, path: Path, results_dir: Path):
+    def __init__(self, path: Path, results_dir: Path, *, snapshot: bool = False):
+        """`snapshot` (a dry run, which holds no lock): plan from an in-memory copy of the database, read
+        through a read-only connection; migrating it, and what the planner writes (the hash memo), touch the
+        copy only."""
         self.path = path
         self.results_dir = results_dir
-        self.db = sqlite3.connect(str(path), isolation_level=None, timeout=30, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")  # see the module doc: commits sync themselves
+        if snapshot:
+            self.db = _in_memory_copy(path)
+        else:
+            self.db = sqlite3.connect(str(path), isolation_level=None, timeout=30, check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")  # see the module doc: commits sync themselves
         try:
             self.migrated_from = open_format(self.db)  # 0: new; 1: migrated from format 1; 2: current
         except BaseException:
@@ -151,6 +157,12 @@ class StateDB:
                                (step_id,)).fetchall()
         return {row[10]: _record(row) for row in rows}
 
+    def committed_items_with_key(self, step_id: str, key: str) -> list[StepRecord]:
+        rows = self.db.execute("SELECT step_id, status, committed_key, components, result, outputs, committed_dir, "
+                               "last_key, last_error, result_file, item FROM steps WHERE step_id=? AND item>=0 "
+                               "AND committed_key=? ORDER BY item", (step_id, key)).fetchall()
+        return [_record(row) for row in rows]
+
     def forget_items(self, step_id: str, from_item: int) -> None:
         """Item rows at or past `from_item` (the list got shorter), or every item row (`from_item` 0)."""
         self.db.execute("DELETE FROM steps WHERE step_id=? AND item>=?", (step_id, from_item))
@@ -177,9 +189,10 @@ class StateDB:
         self._upsert_status(step_id, item, status, key, error)
 
     def commit_step(self, step_id: str, key: str, components: dict[str, Any], result: Any,
-                    outputs: list[dict[str, Any]], committed_dir: str, attempt_row: int, end: AttemptEnd,
+                    outputs: list[dict[str, Any]], committed_dir: str, attempt_row: int | None, end: AttemptEnd,
                     item: int = WHOLE_STEP) -> None:
-        """The unit's committed record and the end of the attempt that made it, in one transaction."""
+        """The unit's committed record and the end of the attempt that made it (None: reused, no attempt),
+        in one transaction."""
         prefix = _result_prefix(step_id, item)
         inline, result_file = self._store_result(prefix, result)
         now = time.time()
@@ -194,7 +207,8 @@ class StateDB:
                 "result_file=excluded.result_file",
                 (step_id, item, "committed", key, _dump(components), inline, _dump(outputs), committed_dir, now, key,
                  now, _dump(result_file)))
-            self._end_attempt(attempt_row, end)
+            if attempt_row is not None:
+                self._end_attempt(attempt_row, end)
         self._drop_result_files(prefix, keep=result_file["name"] if result_file else None)
 
     def mark_cache_hit(self, step_id: str, item: int = WHOLE_STEP) -> None:
@@ -275,14 +289,38 @@ class StateDB:
         return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
     # input file hashes (content sha256, memoised by size + mtime) --------------------------------------
-    def cached_hash(self, path: str, size: int, mtime_ns: int) -> str | None:
-        row = self.db.execute("SELECT sha256 FROM file_hashes WHERE path=? AND size=? AND mtime_ns=?",
-                              (path, size, mtime_ns)).fetchone()
+    def cached_hash(self, path: str, st: os.stat_result) -> str | None:
+        """The sha256 memoised for `path` while it has this stat: size, mtime, inode and ctime. The ctime
+        cannot be set from user space, so a file rewritten in place with its old size and mtime restored
+        (os.utime) is hashed again."""
+        row = self.db.execute("SELECT sha256 FROM file_hashes WHERE path=? AND size=? AND mtime_ns=? AND ino=? "
+                              "AND ctime_ns=?", (path, *_stamp(st))).fetchone()
         return row[0] if row else None
 
-    def store_hash(self, path: str, size: int, mtime_ns: int, sha256: str) -> None:
-        self.db.execute("INSERT OR REPLACE INTO file_hashes(path, size, mtime_ns, sha256) VALUES (?,?,?,?)",
-                        (path, size, mtime_ns, sha256))
+    def forget_hashes_under(self, directory: str) -> None:
+        """Memo rows of the files in `directory` (a committed directory being replaced): they are gone."""
+        prefix = directory + os.sep
+        self.db.execute("DELETE FROM file_hashes WHERE path=? OR substr(path, 1, ?)=?",
+                        (directory, len(prefix), prefix))
+
+    def store_hash(self, path: str, st: os.stat_result, sha256: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO file_hashes(path, size, mtime_ns, ino, ctime_ns, sha256) "
+                        "VALUES (?,?,?,?,?,?)", (path, *_stamp(st), sha256))
+
+
+def _in_memory_copy(path: Path) -> sqlite3.Connection:
+    copy = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+    if path.exists():
+        source = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+        try:
+            source.backup(copy)
+        finally:
+            source.close()
+    return copy
+
+
+def _stamp(st: os.stat_result) -> tuple[int, int, int, int]:
+    return st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns
 
 
 def _record(row: tuple) -> StepRecord:

@@ -35,8 +35,9 @@ CREATE TABLE IF NOT EXISTS attempts (
     error_kind TEXT, message TEXT, retryable INTEGER, wall_s REAL, peak_rss_mb REAL, staging_dir TEXT,
     worker_pid INTEGER, worker_started REAL,  -- the worker process (pid + start time: pids are reused)
     item INTEGER NOT NULL DEFAULT -1, devices TEXT, queue_wait_s REAL);
-CREATE TABLE IF NOT EXISTS file_hashes (
-    path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, sha256 TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS file_hashes (  -- a memo: valid while the file keeps this size, mtime, inode and ctime
+    path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, ino INTEGER NOT NULL,
+    ctime_ns INTEGER NOT NULL, sha256 TEXT NOT NULL);
 """
 
 #: Columns format 1 gained after its first release; a format-1 database may lack them.
@@ -58,6 +59,7 @@ def open_format(db: sqlite3.Connection) -> int:
                                "use the runner that made it (or a newer one)")
     if found == 1:
         _migrate_1_to_2(db)
+    _renew_hash_memo(db)
     _create_tables(db)
     db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('format', ?)", (str(STATE_FORMAT),))
     return found
@@ -84,6 +86,13 @@ def _create_tables(db: sqlite3.Connection) -> None:
 
 def _columns(db: sqlite3.Connection, table: str) -> set[str]:
     return {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+
+
+def _renew_hash_memo(db: sqlite3.Connection) -> None:
+    """A memo keyed by (path, size, mtime) only (before inode and ctime counted) is dropped: it is a cache."""
+    present = _columns(db, "file_hashes")
+    if present and "ctime_ns" not in present:
+        db.execute("DROP TABLE file_hashes")
 
 
 def _migrate_1_to_2(db: sqlite3.Connection) -> None:

@@ -101,13 +101,16 @@ class AttemptFiles:
     staging_dir: Path
 
 
-def run_attempt(prefix: list[str], args: dict[str, Any], *, files: AttemptFiles, cwd: Path, env: dict[str, str],
-                schemas: SchemaStore, worker: str, timeout_s: float, kill_grace_s: float,
-                cancel: threading.Event | None, on_event: WorkerEventHandler | None,
-                on_start: Callable[[int], None] | None = None) -> AttemptOutcome:
-    """Write the args file, run the worker once, classify the answer."""
+def write_args_file(files: AttemptFiles, args: dict[str, Any]) -> None:
     files.args_file.parent.mkdir()  # a fresh, uniquely named directory: never an existing one (or a link)
     safefs.write_new(files.args_file, json.dumps(args, ensure_ascii=False, indent=1).encode("utf-8"))
+
+
+def run_written_attempt(prefix: list[str], *, files: AttemptFiles, cwd: Path, env: dict[str, str],
+                        schemas: SchemaStore, worker: str, timeout_s: float, kill_grace_s: float,
+                        cancel: threading.Event | None, on_event: WorkerEventHandler | None,
+                        on_start: Callable[[int], None] | None = None) -> AttemptOutcome:
+    """Run the worker once on the args file already written, classify the answer."""
     try:
         proc = run_process(invoke_argv(prefix, files.args_file), cwd=cwd, env=env, timeout_s=timeout_s,
                            kill_grace_s=kill_grace_s, cancel=cancel, on_event=on_event,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import sys
 from pathlib import Path
@@ -145,6 +146,28 @@ def test_a_format1_workdir_is_migrated_and_resumes(tmp_path, schemas):
     assert db.execute("SELECT step_id, item FROM steps ORDER BY step_id").fetchall() == [("a", -1), ("b", -1)]
 
 
+def test_a_dry_run_plans_a_format1_workdir_without_touching_it(tmp_path, schemas):
+    import hashlib
+
+    from bridge.lock import WorkdirLock
+
+    m = write_manifest(tmp_path, pool_manifest([{"id": "a", "worker": "pool", "args": {"tag": "a"}}]))
+    assert run_runner(m, schemas)[0] == EXIT_OK
+    bridge_dir = tmp_path / "t.work" / ".bridge"
+    _as_format1(bridge_dir / "state.db")
+    before = hashlib.sha256((bridge_dir / "state.db").read_bytes()).hexdigest()
+    lock = WorkdirLock(bridge_dir / "lock")
+    lock.acquire()  # another runner holds the workdir: a dry run takes no lock, so it must write nothing
+    try:
+        code, out, _ = run_runner(m, schemas, dry_run=True)
+    finally:
+        lock.release()
+    assert code == EXIT_OK and "skip    a: up to date" in out, out  # planned from a migrated in-memory copy
+    assert hashlib.sha256((bridge_dir / "state.db").read_bytes()).hexdigest() == before
+    db = sqlite3.connect(bridge_dir / "state.db")
+    assert db.execute("SELECT value FROM meta WHERE key='format'").fetchone() == ("1",)
+
+
 def test_a_newer_state_format_is_refused(tmp_path, schemas):
     m = write_manifest(tmp_path, pool_manifest([{"id": "a", "worker": "pool"}]))
     assert run_runner(m, schemas)[0] == EXIT_OK
@@ -264,6 +287,18 @@ def test_an_output_is_hashed_once_then_memoised_across_commit_and_resume(tmp_pat
     (tmp_path / "t.work" / "steps" / "a" / "out.txt").write_text('"z"')  # same size, new content and mtime
     code, out, _ = run_runner(m, schemas, explain=True)
     assert "run     a: output corrupt" in out
+
+
+def test_an_output_rewritten_in_place_with_its_old_size_and_mtime_is_hashed_again(tmp_path, schemas):
+    m = write_manifest(tmp_path, pool_manifest([{"id": "a", "worker": "pool", "args": {"tag": "a"}}]))
+    assert run_runner(m, schemas)[0] == EXIT_OK
+    out_file = tmp_path / "t.work" / "steps" / "a" / "out.txt"
+    before = out_file.stat()
+    with open(out_file, "r+b") as f:  # same inode, same size, other bytes
+        f.write(b'"z"')
+    os.utime(out_file, ns=(before.st_atime_ns, before.st_mtime_ns))
+    code, out, _ = run_runner(m, schemas, explain=True)
+    assert code == EXIT_OK and "run     a: output corrupt" in out
 
 
 @pytest.mark.parametrize(("idle_s", "same_process"), [(0.3, False), (60, True)])

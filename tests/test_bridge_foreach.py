@@ -74,6 +74,18 @@ def test_streaming_starts_downstream_items_before_upstream_ends(tmp_path, schema
     assert down0_start < up4_end
 
 
+def test_a_step_that_needs_its_stream_source_waits_for_all_of_it(tmp_path, schemas):
+    log, work = tmp_path / "jobs.log", tmp_path / "t.work"
+    doc = fan_manifest(log, ITEMS, sleep_s=0.2)
+    doc["steps"][2]["needs"] = ["up"]
+    code, out, _ = run_runner(write_manifest(tmp_path, doc), schemas, jobs=2)
+    assert code == EXIT_OK, out
+    evs = events(work)
+    down_starts = [e["ts"] for e in evs if e["event"] == "attempt_start" and e["step"] == "down"]
+    up_ends = [e["ts"] for e in evs if e["event"] == "attempt_end" and e["step"] == "up"]
+    assert len(down_starts) == len(up_ends) == 5 and min(down_starts) > max(up_ends)
+
+
 def test_failed_items_of_an_optional_step_degrade_gracefully(tmp_path, schemas):
     log, work = tmp_path / "jobs.log", tmp_path / "t.work"
     doc = fan_manifest(log, ITEMS)
@@ -195,3 +207,54 @@ def test_clean_keeps_every_committed_item_and_a_resume_after_it_runs_nothing(tmp
     code, out, _ = run_runner(m, schemas, jobs=2, explain=True)
     assert code == EXIT_OK, out
     assert not log.exists()  # every item a cache hit: no worker ran
+
+
+def test_a_whole_step_turned_foreach_leaves_none_of_its_files_even_if_killed_while_replacing_them(
+        tmp_path, schemas, monkeypatch):
+    import bridge.foreach_steps
+
+    whole = pool_manifest([{"id": "s", "worker": "pool", "args": {"tag": "whole"}}])
+    assert run_runner(write_manifest(tmp_path, whole), schemas)[0] == EXIT_OK
+    old_dir = tmp_path / "t.work" / "steps" / "s"
+    assert (old_dir / "out.txt").exists()
+    fan = write_manifest(tmp_path, pool_manifest([
+        {"id": "list", "worker": "pool", "args": {"items": [0, 1]}},
+        {"id": "s", "worker": "pool", "foreach": "${steps.list.result.items}", "args": {"tag": "${item}"}}]))
+    real_replace = os.replace
+
+    def killed_at_the_rename(src, dst, *args, **kwargs):
+        if Path(src) == old_dir:
+            raise OSError("the runner was killed here")
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(bridge.foreach_steps.os, "replace", killed_at_the_rename)
+    with pytest.raises(OSError):
+        run_runner(fan, schemas)
+    monkeypatch.undo()
+    assert run_runner(fan, schemas)[0] == EXIT_OK
+    assert sorted(p.name for p in old_dir.iterdir()) == ["0", "1"]  # the whole step's out.txt did not stay
+
+
+@pytest.mark.parametrize(("new", "runs"), [("Zabcde", ["Z"]), ("bcde", []), ("aXcde", ["X"]), ("edcba", [])])
+def test_an_item_whose_key_was_committed_at_another_index_reuses_that_output(tmp_path, schemas, new, runs):
+    log, work = tmp_path / "jobs.log", tmp_path / "t.work"
+
+    def manifest(items: str) -> Path:
+        return write_manifest(tmp_path, pool_manifest([
+            {"id": "list", "worker": "pool", "args": {"items": list(items)}},
+            {"id": "up", "worker": "pool", "foreach": "${steps.list.result.items}",
+             "ignore_input_files": ["log_file"], "args": {"tag": "${item}", "log_file": str(log)}},
+            {"id": "all", "worker": "pool", "args": {"items": "${steps.up.result}"}}]))
+
+    assert run_runner(manifest("abcde"), schemas, jobs=2)[0] == EXIT_OK
+    log.unlink()
+    code, out, _ = run_runner(manifest(new), schemas, jobs=2, explain=True)
+    assert code == EXIT_OK, out
+    assert sorted(j["tag"] for j in jobs_log(log) if j["tag"] in new) == runs  # only new values ran
+    assert [json.loads((work / "steps" / "up" / str(i) / "out.txt").read_text()) for i in range(len(new))] == list(new)
+    (result,) = rows(work, "SELECT result FROM steps WHERE step_id='all'")[0]
+    items = json.loads(result)["items"]
+    assert [r["tag"] for r in items] == list(new)
+    assert all(r["file"] == str((work / "steps" / "up" / str(i) / "out.txt").resolve()) for i, r in enumerate(items))
+    code, out, _ = run_runner(manifest(new), schemas, jobs=2, explain=True)
+    assert code == EXIT_OK and "run     " not in out  # a resume after it runs nothing

@@ -302,3 +302,10 @@ def test_runner_imports_neither_torch_nor_workers(tmp_path, schemas):
     res = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=bridge_env(schemas), capture_output=True,
                          text=True, timeout=60)
     assert res.returncode == 0 and "clean" in res.stdout, res.stderr
+
+
+@pytest.mark.parametrize("value", ["nan", "-1", "inf"])
+def test_warm_idle_s_must_be_a_number_of_seconds(tmp_path, value, capsys):
+    with pytest.raises(SystemExit) as refused:
+        main(["run", str(tmp_path / "m.manifest.json"), "--warm-idle-s", value])
+    assert refused.value.code == 2 and "--warm-idle-s" in capsys.readouterr().err

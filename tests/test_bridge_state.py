@@ -118,3 +118,38 @@ def test_a_long_error_message_is_clipped_where_it_is_stored(tmp_path, schemas):
     message = trace(work)["steps"]["a"]["error"]["message"]
     assert message.startswith("EEEE") and len(message) < 20_000 and "cut" in message
     assert sum(p.stat().st_size for p in (work / ".bridge").glob("state.db*")) < 400_000
+
+
+def test_a_hash_memo_without_inode_and_ctime_is_dropped_on_open(tmp_path):
+    import sqlite3
+
+    from bridge.state_format import open_format
+
+    db = sqlite3.connect(tmp_path / "state.db", isolation_level=None)
+    open_format(db)
+    db.execute("DROP TABLE file_hashes")
+    db.execute("CREATE TABLE file_hashes (path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, "
+               "sha256 TEXT NOT NULL)")
+    db.execute("INSERT INTO file_hashes VALUES ('/x', 1, 2, 'ab')")  # made by the runner before this memo key
+    assert open_format(db) == 2
+    assert db.execute("SELECT count(*) FROM file_hashes").fetchone() == (0,)
+    assert {"ino", "ctime_ns"} <= {row[1] for row in db.execute("PRAGMA table_info(file_hashes)")}
+
+
+def test_a_replaced_commit_takes_its_files_hash_memo_rows_along(tmp_path):
+    schemas = schema_dir(tmp_path)
+    m = write_manifest(tmp_path, bare_manifest([{"id": "a", "worker": "bare", "args": {"outputs": {"o": "x"}}}]))
+    assert run_runner(m, schemas)[0] == EXIT_OK
+    work = tmp_path / "t.work"
+    step_dir = str((work / "steps" / "a").resolve())
+    db_path = work / ".bridge" / "state.db"
+    import sqlite3
+
+    db = sqlite3.connect(db_path)
+    db.execute("INSERT INTO file_hashes VALUES (?, 1, 1, 1, 1, 'ab')", (step_dir + "/gone.bin",))
+    db.execute("INSERT INTO file_hashes VALUES (?, 1, 1, 1, 1, 'ab')", (step_dir + "-other/kept.bin",))
+    db.commit()
+    db.close()
+    assert run_runner(m, schemas, force={"a"})[0] == EXIT_OK
+    paths = {p for (p,) in rows(work, "SELECT path FROM file_hashes")}
+    assert step_dir + "/gone.bin" not in paths and step_dir + "-other/kept.bin" in paths
