@@ -13,6 +13,7 @@ import os
 import shutil
 import stat
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -93,45 +94,40 @@ def replace_file(path: Path, data: bytes, *, durable: bool = False) -> None:
     os.replace(tmp, path)
 
 
-def remove_entry(path: Path) -> None:
-    """Delete a file, a link (the link itself) or a directory tree without following links; missing is fine."""
+def remove_entry(path: Path, on_tree_error: Callable[[str, BaseException], None] | None = None) -> None:
+    """Delete a file, a link (the link itself) or a directory tree without following links; missing is fine.
+
+    Errors inside a tree are ignored, or passed to `on_tree_error(path, exc)`; unlinking a file raises them."""
     try:
         st = os.lstat(path)
     except FileNotFoundError:
         return
-    if stat.S_ISDIR(st.st_mode):
-        # rmtree never follows links below a real directory (shutil.rmtree.avoids_symlink_attacks on Linux).
-        shutil.rmtree(path, ignore_errors=True)
-    else:
+    if not stat.S_ISDIR(st.st_mode):
         try:
             os.unlink(path)
         except FileNotFoundError:
             pass
+        return
+    # rmtree never follows links below a real directory (shutil.rmtree.avoids_symlink_attacks on Linux).
+    if on_tree_error is None:
+        shutil.rmtree(path, ignore_errors=True)
+    elif sys.version_info >= (3, 12):
+        shutil.rmtree(path, onexc=lambda _function, where, exc: on_tree_error(where, exc))
+    else:  # Python 3.11: onerror gets (type, value, traceback)
+        shutil.rmtree(path, onerror=lambda _function, where, info: on_tree_error(where, info[1]))
 
 
 def remove_entry_checked(path: Path) -> list[str]:
     """Like remove_entry, but returns what could not be removed ("path: reason"), so a caller can report it."""
     failures: list[str] = []
 
-    def failed(_function, failed_path, exc) -> None:
-        failures.append(f"{failed_path}: {getattr(exc, 'strerror', None) or exc}")
+    def failed(where: str | Path, exc: BaseException) -> None:
+        failures.append(f"{where}: {getattr(exc, 'strerror', None) or exc}")
 
     try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return failures
-    try:
-        if stat.S_ISDIR(st.st_mode):
-            if sys.version_info >= (3, 12):
-                shutil.rmtree(path, onexc=failed)
-            else:  # Python 3.11: onerror gets (type, value, traceback)
-                shutil.rmtree(path, onerror=lambda function, where, info: failed(function, where, info[1]))
-        else:
-            os.unlink(path)
-    except FileNotFoundError:
-        pass
+        remove_entry(path, on_tree_error=failed)
     except OSError as exc:
-        failures.append(f"{path}: {exc.strerror or exc}")
+        failed(path, exc)
     return failures
 
 
