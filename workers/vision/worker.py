@@ -155,7 +155,7 @@ def _run_batch(model: llava.VisionModel, args: Args, chunk: list[Job]) -> list[I
     images, sizes = [], []
     for job in chunk:
         # the file checked is the file read: resolved (and checked against the allowed roots) again here
-        image = load_rgb(input_file(job.item.path, f"images[{job.index}]"))
+        image = load_rgb(input_file(job.item.path, _image_field(args, job.index)))
         sizes.append(image.size)  # upright, before downscaling
         images.append(downscale(image, args.max_image_side))
     questions = [job.question for job in chunk]
