@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
-from . import fanout, refs
+from . import fanout, params, refs
 from .jsondoc import MAX_NESTING, loads_strict, shape_problems
 from .manifest_checks import Problem, structure_problems, topological_order
 from .resources import Fallback, Resources
@@ -32,6 +32,7 @@ PYTHON_TOKEN = "${python}"
 StepId = Annotated[str, StringConstraints(pattern=r"^" + refs.STEP_ID_PATTERN + r"$", max_length=100)]
 WorkerName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$", max_length=100)]
 ArgvItem = Annotated[str, StringConstraints(min_length=1)]
+ParamName = Annotated[str, StringConstraints(pattern=r"^" + params.PARAM_NAME_PATTERN + r"$", max_length=100)]
 
 
 class RetryPolicy(BaseModel):
@@ -118,6 +119,12 @@ class Manifest(BaseModel):
     workdir: str | None = Field(default=None, description="Run directory; relative to the manifest. "
                                 "Default: `<name>.work` next to the manifest.")
     defaults: Defaults = Field(default_factory=Defaults)
+    params: dict[ParamName, Any] = Field(
+        default_factory=dict,
+        description="Param name -> default JSON value; `--param NAME=VALUE` overrides it (read as the default's "
+        "type). `${params.NAME}` in a step's `args` or `foreach` and in `workers` argv is replaced by the value "
+        "(a whole string becomes the typed value; in a longer string, a string or number is interpolated).",
+    )
     workers: dict[WorkerName, Annotated[list[ArgvItem], Field(min_length=1)]] = Field(
         default_factory=dict,
         description=f"Worker name -> argv prefix (the runner appends `--input ARGS.json`). `{PYTHON_TOKEN}` is the "
@@ -146,6 +153,7 @@ class LoadedManifest:
     deps: dict[str, list[str]]  # step -> direct dependencies (needs + references), in manifest order
     steps: dict[str, Step] = field(default_factory=dict)
     stream_from: dict[str, str] = field(default_factory=dict)  # foreach step -> the foreach step it streams from
+    params: dict[str, Any] = field(default_factory=dict)  # the effective params (defaults with --param applied)
 
     def worker_argv(self, worker: str) -> list[str]:
         """The argv prefix of a worker. A relative program path (`./w.py`, `sub/w.py`) is made absolute against
@@ -222,10 +230,14 @@ def _schema_problems(doc: Any) -> tuple[Manifest | None, list[Problem]]:
         return None, [Problem("$", "document nested too deeply", "too_deep")]
 
 
-def check_document(doc: Any, manifest_path: Path, schemas: SchemaStore | None = None) -> LoadedManifest:
-    """Validate a parsed manifest document; raise ManifestInvalid listing every problem."""
+def check_document(doc: Any, manifest_path: Path, schemas: SchemaStore | None = None,
+                   overrides: list[tuple[str, str]] | None = None) -> LoadedManifest:
+    """Validate a parsed manifest document, its params resolved with `overrides` (`--param` NAME, VALUE pairs);
+    raise ManifestInvalid listing every problem."""
     schemas = schemas or SchemaStore()
     problems = [Problem(p.path, p.message, p.type) for p in shape_problems(doc)]
+    doc, values, param_problems = params.resolve_document(doc, overrides or [])  # iterative: any depth is safe
+    problems += param_problems
     manifest, schema_problems = _schema_problems(doc)
     problems += schema_problems + structure_problems(doc, schemas)
     if problems or manifest is None:
@@ -246,9 +258,10 @@ def check_document(doc: Any, manifest_path: Path, schemas: SchemaStore | None = 
     workdir = Path(os.path.expanduser(manifest.workdir)) if manifest.workdir else Path(f"{manifest.name}.work")
     workdir = workdir if workdir.is_absolute() else base_dir / workdir
     return LoadedManifest(manifest=manifest, path=manifest_path.resolve(), base_dir=base_dir, workdir=workdir,
-                          order=order, deps=deps, steps=steps, stream_from=stream_from)
+                          order=order, deps=deps, steps=steps, stream_from=stream_from, params=values)
 
 
-def load(path: str | os.PathLike[str], schemas: SchemaStore | None = None) -> LoadedManifest:
+def load(path: str | os.PathLike[str], schemas: SchemaStore | None = None,
+         overrides: list[tuple[str, str]] | None = None) -> LoadedManifest:
     manifest_path = Path(path)
-    return check_document(read_document(manifest_path), manifest_path, schemas)
+    return check_document(read_document(manifest_path), manifest_path, schemas, overrides)
