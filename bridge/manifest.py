@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, StringConstraints, Tag, ValidationError
 
 from . import fanout, params, refs
 from .jsondoc import MAX_NESTING, loads_strict, shape_problems
@@ -32,6 +32,14 @@ PYTHON_TOKEN = "${python}"
 StepId = Annotated[str, StringConstraints(pattern=r"^" + refs.STEP_ID_PATTERN + r"$", max_length=100)]
 WorkerName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$", max_length=100)]
 ArgvItem = Annotated[str, StringConstraints(min_length=1)]
+ListRef = Annotated[str, StringConstraints(pattern=r"^\$\{steps\.")]
+ItemName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=100)]
+#: A plain foreach names one list; a zipped one, 1-8 named lists. Tagged so that errors name only the form given.
+Foreach = Annotated[
+    Annotated[ListRef, Tag("list")] | Annotated[dict[ItemName, ListRef], Field(min_length=1, max_length=8), Tag("zip")],
+    Discriminator(lambda value: "zip" if isinstance(value, dict) else "list"),
+]
+_FOREACH_TAGS = ("list", "zip")
 ParamName = Annotated[str, StringConstraints(pattern=r"^" + params.PARAM_NAME_PATTERN + r"$", max_length=100)]
 
 
@@ -93,10 +101,12 @@ class Step(BaseModel):
         "file the worker writes). Their values still count as args.",
     )
     description: str | None = None
-    foreach: str | None = Field(
-        default=None, pattern=r"^\$\{steps\.",
+    foreach: Foreach | None = Field(
+        default=None,
         description="`${steps.ID.result.PATH}` naming a list: the step runs once per item, with `${item}`, "
-        "`${item.PATH}` and `${index}` in its args; each item is cached, retried and committed on its own.",
+        "`${item.PATH}` and `${index}` in its args; each item is cached, retried and committed on its own. "
+        "Zipped: an object of 1-8 names -> list references of one length; item i is an object of each "
+        "list's i-th element under its name (`${item.NAME.PATH}`).",
     )
     resources: Resources | None = Field(default=None, description="What one attempt needs (slots, GPUs, memory).")
     fallback: Fallback | None = Field(default=None, description="`cpu`: without GPUs, a GPU step runs on CPU.")
@@ -195,7 +205,9 @@ def resolve_program(program: str, base_dir: Path) -> str:
 
 def _loc_path(loc: tuple[Any, ...]) -> str:
     path = "$"
-    for part in loc:
+    for i, part in enumerate(loc):
+        if i >= 2 and loc[i - 1] == "foreach" and isinstance(loc[i - 2], int) and part in _FOREACH_TAGS:
+            continue  # pydantic names the union member taken; the document has no such level
         path = refs.json_path(path, part if isinstance(part, int) else str(part))
     return path
 
@@ -247,7 +259,7 @@ def check_document(doc: Any, manifest_path: Path, schemas: SchemaStore | None = 
     deps: dict[str, list[str]] = {}
     for s in manifest.steps:
         found, _ = refs.find(s.args, "$")
-        over = [refs.parse(s.foreach).step] if s.foreach else []
+        over = [ref.step for ref in fanout.list_refs(s.foreach).values()]
         deps[s.id] = list(dict.fromkeys(list(s.needs) + over + [r.step for _, r in found]))
     with_foreach = {s.id for s in manifest.steps if s.foreach}
     stream_from = {s.id: src for s in manifest.steps  # `needs: [A]` asks for all of A: no streaming then

@@ -56,9 +56,14 @@ def structure_problems(doc: Any, schemas: SchemaStore) -> list[Problem]:
         problems += _needs_problems(s.get("needs"), sid, base, graph)
         if isinstance(s.get("args"), dict):
             problems += _args_problems(s["args"], sid, base, graph, schemas)
-            problems += [Problem(*p) for p in fanout.item_problems(s["args"], f"{base}.args", bool(s.get("foreach")))]
-        if isinstance(s.get("foreach"), str):
-            problems += _foreach_problems(s["foreach"], sid, base, graph)
+            problems += [Problem(*p) for p in fanout.item_problems(s["args"], f"{base}.args", s.get("foreach"))]
+        foreach = s.get("foreach")
+        if isinstance(foreach, str):
+            problems += _foreach_problems(foreach, sid, f"{base}.foreach", graph, schemas)
+        elif isinstance(foreach, dict):  # zipped: each list checked alike
+            for name, text in foreach.items():
+                if isinstance(text, str):
+                    problems += _foreach_problems(text, sid, refs.json_path(f"{base}.foreach", name), graph, schemas)
     for cycle in cycles(graph.edges):
         problems.append(Problem(f"$.steps[{ids[cycle[0]]}]", "dependency cycle: " + " -> ".join(cycle + [cycle[0]]),
                                 "cycle"))
@@ -124,9 +129,8 @@ def _args_problems(args: dict, sid: str | None, base: str, graph: _Graph, schema
     return problems
 
 
-def _foreach_problems(text: str, sid: str | None, base: str, graph: _Graph) -> list[Problem]:
+def _foreach_problems(text: str, sid: str | None, where: str, graph: _Graph, schemas: SchemaStore) -> list[Problem]:
     ref = refs.parse(text)
-    where = f"{base}.foreach"
     if ref is None:
         return [Problem(where, f"{text[:120]!r} is not a reference `${{steps.ID.result.PATH}}`", "bad_reference")]
     if ref.step == sid:
@@ -135,7 +139,7 @@ def _foreach_problems(text: str, sid: str | None, base: str, graph: _Graph) -> l
         return [Problem(where, f"{ref.text}: unknown step '{ref.step}'", "unknown_step")]
     if sid in graph.edges:
         graph.edges[sid].append(ref.step)
-    return []
+    return _result_path_problems(where, ref, graph, schemas)
 
 
 def _result_path_problems(where: str, ref: refs.Reference, graph: _Graph, schemas: SchemaStore) -> list[Problem]:
