@@ -95,7 +95,8 @@ class Planner:
             args = fanout.resolve_args(step.args, self.results, item_value,
                                        None if item == WHOLE_STEP else item)
             list_only = self._list_only_sources(sid) if item != WHOLE_STEP else set()
-            upstream = {d: self.keys[d] for d in deps if d in self.keys and d not in list_only}
+            upstream = {self._upstream_name(sid, d, item): self.keys[d]
+                        for d in deps if d in self.keys and d not in list_only}
             parts = cachekey.components(identity, args, self.m.base_dir, upstream, self.state,
                                         step.ignore_input_files)
         except refs.RefError as exc:
@@ -107,6 +108,14 @@ class Planner:
         rec = self.state.step(sid, item)
         return self._against_record(sid, rec, Decision(sid, Action.RUN, "", key=key, components=parts, args=args,
                                                        identity=identity, record=rec, item=item))
+
+    def _upstream_name(self, sid: str, dep: str, item: int) -> str:
+        """How a key names a dependency: the upstream item a streaming item follows is `A[item]`, without its
+        index, so an item whose upstream item moved (was reused at another index) keeps its key and is reused."""
+        source = self.m.stream_from.get(sid)
+        if source is not None and item != WHOLE_STEP and dep == unit_label(source, item):
+            return f"{source}[item]"
+        return dep
 
     def _list_only_sources(self, sid: str) -> set[str]:
         """The steps a foreach step's lists come from, when nothing else in the step uses them: an item's key then
