@@ -12,6 +12,7 @@ from bridge_helpers import events, run_runner, schema_dir, trace, write_manifest
 from test_bridge_concurrency import POOL, jobs_log, pool_manifest
 
 from bridge.cli import main
+from bridge.front import main as front_main
 from bridge.manifest import ManifestInvalid, load
 from bridge.runner import EXIT_OK
 
@@ -77,8 +78,18 @@ def test_unknown_or_uninterpolable_params_are_validate_errors_with_json_paths(tm
                       ("$.workers.pool[3]", "bad_param")}
 
 
+def test_params_reach_foreach_lists(tmp_path):
+    doc = params_manifest(tmp_path / "log")
+    doc["params"]["field"] = "items"
+    doc["steps"].append({"id": "each", "worker": "pool", "foreach": {"x": "${steps.a.result.${params.field}}"}})
+    loaded = load(write_manifest(tmp_path, doc), overrides=[("field", "other")])
+    assert loaded.steps["each"].foreach == {"x": "${steps.a.result.other}"} and loaded.deps["each"] == ["a"]
+
+
 def test_cli_param_option_exits_2_naming_the_param(tmp_path, capsys):
     m = write_manifest(tmp_path, params_manifest(tmp_path / "log"))
+    assert front_main(["validate", str(m), "--param", "width=wide"]) == 2  # storybridge has the option too
+    assert "--param width" in capsys.readouterr().err
     assert main(["validate", str(m), "--param", "width=wide"]) == 2
     assert "--param width" in capsys.readouterr().err
     assert main(["run", str(m), "--param", "nope=1", "--dry-run"]) == 2
