@@ -57,7 +57,7 @@ def _bar(bar: Bar, y: int, scale: float) -> str:
     x = LABEL_W + bar.start_s * scale
     w = max(MIN_BAR_W, (bar.end_s - bar.start_s) * scale)  # a few milliseconds still show
     colour = OUTCOME_COLOURS.get(bar.outcome, OUTCOME_COLOURS["unfinished"])
-    label = bar.label + (f" ↻{bar.regeneration}" if bar.regeneration else "") + (" warm" if bar.warm else "")
+    label = _label(bar) + (" warm" if bar.warm else "")
     text = (f'<text class="bar-label" x="{x + 3:.1f}" y="{y + 12}">{esc(label)}</text>'
             if len(label) * CHAR_W < w - 4 else "")
     stripe = (f'<rect x="{x:.1f}" y="{y}" width="{w:.1f}" height="3" fill="{WARM_STRIPE}"/>' if bar.warm else "")
@@ -71,9 +71,14 @@ def _bar(bar: Bar, y: int, scale: float) -> str:
             f"{stripe}{regen}{text}</g>")
 
 
+def _label(bar: Bar) -> str:
+    """`step[item] #attempt`, and `↻r` for an attempt of regeneration r."""
+    return bar.label + (f" ↻{bar.regeneration}" if bar.regeneration else "")
+
+
 def _bar_title(bar: Bar) -> str:
     d = bar.details
-    lines = [f"{bar.label}: {bar.outcome}", f"{bar.start_s:.2f} s → {bar.end_s:.2f} s "
+    lines = [f"{_label(bar)}: {bar.outcome}", f"{bar.start_s:.2f} s → {bar.end_s:.2f} s "
              f"({bar.end_s - bar.start_s:.2f} s)", f"devices: {', '.join(bar.devices) or '-'}"
              + ("; warm process" if bar.warm else "")]
     if bar.regeneration:
@@ -87,12 +92,18 @@ def _bar_title(bar: Bar) -> str:
 def _marker(m: Marker, y: int, scale: float) -> str:
     x, cy, r = LABEL_W + m.at_s * scale, y + BAR_H / 2, 6
     colour = MARKER_COLOURS.get(m.kind, MARKER_COLOURS["gate"])
-    reason = m.details.get("reason") or m.details.get("verdict") or m.details.get("event") or ""
+    if m.kind == "cache_hit":
+        reason = str(m.details.get("reason") or "cache hit")
+    else:  # gate_failed / gate_exhausted: the candidate it judged and what happens next
+        reason = f"{m.details.get('event')} " + ", ".join(f"{k} {m.details[k]}" for k in _GATE_FIELDS if k in m.details)
     return (f'<g class="marker {esc(m.kind)}" data-step="{esc(m.step)}" '
             f'data-item="{"" if m.item is None else m.item}">'
             f'<title>{esc(f"{m.label}: {reason} at {m.at_s:.2f} s")}</title>'
             f'<polygon points="{x:.1f},{cy - r} {x + r:.1f},{cy} {x:.1f},{cy + r} {x - r:.1f},{cy}" '
             f'fill="{colour}"/></g>')
+
+
+_GATE_FIELDS = ("regenerates", "regeneration", "value", "score", "will_regenerate", "on_exhausted")
 
 
 def _axis(span_s: float, scale: float, height: int) -> str:

@@ -165,6 +165,43 @@ def test_a_failed_run_without_media(tmp_path):
     assert INJECTED not in page and "&lt;script&gt;window.__pwned=1&lt;/script&gt;" in page
 
 
+def test_quality_gate_regenerations_and_never_passed_items_are_shown(run, tmp_path):
+    """The quality gate's trace fields (regenerations, gate, gate_never_passed) and events (gate_failed) as the
+    runner writes them (docs/runner.md, Quality gate)."""
+    work = tmp_path / "gated.work"
+    shutil.copytree(run["work"], work)
+    doc = json.loads((work / "trace.json").read_text("utf-8"))
+    items = doc["steps"]["frames"]["items"]
+    items[1].update(regenerations=2, gate={"step": "checks", "verdict": "exhausted", "history": [
+        {"regeneration": r, "value": False, "score": 0.1 + r / 10} for r in range(3)]})
+    items[2].update(regenerations=1, gate={"step": "checks", "verdict": "passed", "history": [
+        {"regeneration": 0, "value": False, "score": 0.3}, {"regeneration": 1, "value": True, "score": 0.95}]})
+    doc["gate_never_passed"] = {"frames": [1]}
+    (work / "trace.json").write_text(json.dumps(doc), encoding="utf-8")
+    evs = events(work)
+    run_id, t = evs[-1]["run_id"], evs[-1]["ts"]
+    regenerated = [  # checks[3] failed frames[3]'s first candidate: frames[3] runs again, attempt 1 again
+        {"event": "gate_failed", "step": "checks", "item": 3, "regenerates": "frames", "regeneration": 0,
+         "value": False, "score": 0.2, "will_regenerate": True},
+        {"event": "attempt_start", "step": "frames", "item": 3, "attempt": 1, "devices": ["cpu"]},
+        {"event": "attempt_end", "step": "frames", "item": 3, "attempt": 1, "status": "committed", "warm": True},
+        {"event": "gate_exhausted", "step": "checks", "item": 1, "regenerates": "frames", "regeneration": 2,
+         "on_exhausted": "continue"}]
+    with (work / "events.jsonl").open("a", encoding="utf-8") as f:
+        for i, ev in enumerate(regenerated):
+            f.write(json.dumps({**ev, "ts": t + 0.1 * (i + 1), "run_id": run_id}) + "\n")
+    assert front.main(["report", str(work), "--no-html", "--html", str(work / "x.html")]) == 0
+    assert not (work / "x.html").exists()  # --no-html wins
+    assert front.main(["report", str(work)]) == 0
+    page = (work / "report.html").read_text("utf-8")
+    assert re.search(r'<figure class="thumb fail never" data-step="frames" data-item="1"', page)
+    assert "regenerated 2×<br>NEVER PASSED" in page and "gate: exhausted" in page and "1 never passed the gate" in page
+    assert re.search(r'<figure class="thumb pass" data-step="frames" data-item="2"[^>]*>.*?score 0.950<br>match<br>'
+                     r"gate: passed<br>regenerated 1×", page)
+    assert page.count('data-step="frames" data-item="3" data-attempt="1"') == 2  # the candidate and its regeneration
+    assert "frames[3] #1 ↻1" in page and page.count('<g class="marker gate"') == 2
+
+
 # --- in a real browser ---------------------------------------------------------------------------------------
 
 def _chromium(tmp: Path, page: Path, *args: str) -> subprocess.CompletedProcess:
