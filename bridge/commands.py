@@ -148,11 +148,14 @@ def _write_html(opts: argparse.Namespace, root: Path) -> Path | None | bool:
     """The HTML report's path; None with --no-html; False when it could not be written (said on stderr)."""
     if opts.no_html:
         return None
-    from .report_html import write_report
+    from .report_html import UnknownRun, write_report
 
     out = Path(opts.html).absolute() if opts.html else root / "report.html"
     try:
         write_report(root, out, opts.run)
+    except UnknownRun as exc:
+        print(str(exc), file=sys.stderr)
+        return False
     except (OSError, safefs.UnsafePath) as exc:
         print(f"cannot write the HTML report {out}: {exc}", file=sys.stderr)
         return False

@@ -22,6 +22,10 @@ from .workdir import Workdir
 FRAME_COLOURS = {"pass": "#2e9d57", "fail": "#d1343b", "none": "#5b6472"}
 
 
+class UnknownRun(ValueError):
+    """`--run` names a run that events.jsonl does not hold."""
+
+
 @dataclass
 class ReportData:
     workdir: str
@@ -37,17 +41,20 @@ def write_report(root: Path, out: Path, run_id: str | None = None) -> ReportData
     """Gather one run's data from the workdir and write the page to `out` (atomically)."""
     wd = Workdir(root)
     trace = _read_trace(wd.trace)
-    timeline = build_timeline(read_events(wd.events), run_id)
+    events = read_events(wd.events)
+    timeline = build_timeline(events, run_id)
+    if run_id and run_id not in timeline.run_ids:
+        raise UnknownRun(f"run {run_id} is not in {wd.events} (runs there: {', '.join(timeline.run_ids) or 'none'})")
     notes = []
-    if run_id and timeline.run_id not in timeline.run_ids:
-        notes.append(f"run {run_id} is not in events.jsonl (runs there: {', '.join(timeline.run_ids) or 'none'})")
     if trace and timeline.run_id and trace.get("run_id") != timeline.run_id:
         notes.append(f"the table shows trace.json, which holds run {trace.get('run_id')}, not {timeline.run_id}")
     if trace is None:
         notes.append("no trace.json (the runner did not finish): the table is empty, the timeline is from events")
-    step_ids = list((trace or {}).get("steps") or {}) or _steps_in_events(wd)
+    step_ids = list((trace or {}).get("steps") or {}) or list({str(ev["step"]): 0 for ev in events if ev.get("step")})
     records = committed_records(wd, step_ids)
-    data = ReportData(str(root), timeline, trace, step_rows(trace or {}), contact_sheets(wd, records, trace),
+    streams = {str(ev["step"]): str(ev["streaming_from"]) for ev in events
+               if ev["event"] == "foreach_start" and ev.get("streaming_from")}
+    data = ReportData(str(root), timeline, trace, step_rows(trace or {}), contact_sheets(wd, records, trace, streams),
                       sink_videos(wd, records, out.parent.absolute()), notes)
     safefs.replace_file(out, render_page(data).encode("utf-8"))
     return data
@@ -59,14 +66,6 @@ def _read_trace(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return doc if isinstance(doc, dict) else None
-
-
-def _steps_in_events(wd: Workdir) -> list[str]:
-    seen: dict[str, None] = {}
-    for ev in read_events(wd.events):
-        if ev.get("step"):
-            seen.setdefault(str(ev["step"]), None)
-    return list(seen)
 
 
 def render_page(d: ReportData) -> str:

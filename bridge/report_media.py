@@ -83,9 +83,14 @@ def _outputs_of(rec: StepRecord, types: dict[str, str]) -> list[str]:
             if isinstance(out, dict) and Path(str(out.get("path", ""))).suffix.lower() in types]
 
 
-def contact_sheets(wd: Workdir, records: Records, trace: dict[str, Any] | None) -> dict[str, list[Thumb]]:
-    """Step -> its committed images in item order, with check scores and the quality gate's verdicts."""
+def contact_sheets(wd: Workdir, records: Records, trace: dict[str, Any] | None,
+                   streams: dict[str, str] | None = None) -> dict[str, list[Thumb]]:
+    """Step -> its committed images in item order, with check scores and the quality gate's verdicts.
+
+    `streams`: foreach step -> the foreach step it streams from (`foreach_start` events); a check that names no
+    image path scores item i of its source by its own item i."""
     scores = _scores_by_path(records)
+    by_item = _scores_by_stream(records, streams or {})
     steps = (trace or {}).get("steps") or {}
     never = (trace or {}).get("gate_never_passed") or {}
     sheets: dict[str, list[Thumb]] = {}
@@ -95,7 +100,7 @@ def contact_sheets(wd: Workdir, records: Records, trace: dict[str, Any] | None) 
             for path in _outputs_of(units[item], IMAGE_TYPES):
                 unit_item = None if item == WHOLE_STEP else item
                 thumb = Thumb(sid, unit_item, Path(path).name, path, embed_image(wd.root, Path(path)))
-                thumb.score, thumb.match = scores.get(os.path.normpath(path), (None, None))
+                thumb.score, thumb.match = scores.get(os.path.normpath(path)) or by_item.get((sid, item), (None, None))
                 _apply_gate(thumb, gate_items.get(unit_item) or {}, unit_item in (never.get(sid) or []))
                 sheets.setdefault(sid, []).append(thumb)
     return sheets
@@ -114,16 +119,28 @@ def _apply_gate(thumb: Thumb, item_trace: dict[str, Any], never_passed: bool) ->
     thumb.never_passed = never_passed or thumb.verdict == "exhausted"
 
 
+def _checked(rec: StepRecord) -> list[dict[str, Any]]:
+    """The entries of a result shaped like the vision worker's (`items: [{path, score, match}, ...]`) that
+    carry a score or a match."""
+    items = rec.result.get("items") if isinstance(rec.result, dict) else None
+    return [it for it in items if isinstance(it, dict) and ("score" in it or "match" in it)] \
+        if isinstance(items, list) else []
+
+
 def _scores_by_path(records: Records) -> dict[str, tuple[float | None, bool | None]]:
-    """Image path -> (score, match) from any committed result shaped like the vision worker's:
-    `items: [{path, score, match}, ...]`."""
-    found: dict[str, tuple[float | None, bool | None]] = {}
-    for units in records.values():
-        for rec in units.values():
-            items = rec.result.get("items") if isinstance(rec.result, dict) else None
-            for it in items if isinstance(items, list) else []:
-                if isinstance(it, dict) and isinstance(it.get("path"), str) and ("score" in it or "match" in it):
-                    found[os.path.normpath(it["path"])] = (it.get("score"), it.get("match"))
+    """Image path -> (score, match) from any committed result that checked images by path."""
+    return {os.path.normpath(it["path"]): (it.get("score"), it.get("match"))
+            for units in records.values() for rec in units.values() for it in _checked(rec)
+            if isinstance(it.get("path"), str)}
+
+
+def _scores_by_stream(records: Records, streams: dict[str, str]) -> dict[tuple[str, int], tuple[Any, Any]]:
+    """(source step, item) -> (score, match) of the first checked entry of the streaming step's item."""
+    found: dict[tuple[str, int], tuple[Any, Any]] = {}
+    for check, source in streams.items():
+        for item, rec in (records.get(check) or {}).items():
+            if (entries := _checked(rec)) and item != WHOLE_STEP:
+                found.setdefault((source, item), (entries[0].get("score"), entries[0].get("match")))
     return found
 
 

@@ -17,7 +17,7 @@ from bridge_helpers import REPO, events, run_runner, schema_dir, write_manifest
 
 from bridge import front
 from bridge.report_html import FRAME_COLOURS
-from bridge.report_media import committed_records, sink_videos
+from bridge.report_media import committed_records, contact_sheets, sink_videos
 from bridge.report_svg import MARKER_COLOURS, OUTCOME_COLOURS
 from bridge.report_timeline import build_timeline, read_events
 from bridge.workdir import Workdir
@@ -121,6 +121,8 @@ def test_run_picks_another_run_and_html_options(run, tmp_path, capsys):
     page = out.read_text("utf-8")
     assert page.count('<g class="attempt ') == 8 and 'class="marker cache_hit"' not in page  # 1 + 3 + 3 + 1
     assert f"holds run {doc['run_id']}, not {first}" in page
+    assert front.main(["report", str(work), "--run", "no-such-run", "--html", str(tmp_path / "x.html")]) == 2
+    assert "run no-such-run is not in" in capsys.readouterr().err and not (tmp_path / "x.html").exists()
     before = (work / "report.html").stat().st_mtime_ns
     assert front.main(["report", str(work), "--no-html"]) == 0
     assert "report:" not in capsys.readouterr().out and (work / "report.html").stat().st_mtime_ns == before
@@ -132,6 +134,33 @@ def test_a_video_over_the_cap_is_linked_by_relative_path(run):
     (video,) = sink_videos(wd, records, wd.root, cap_bytes=100)
     assert video.step == "final" and not video.video.embedded
     assert video.video.src == "steps/final/final.mp4" and "embedding cap" in video.video.note
+
+
+def test_checks_without_image_paths_score_the_item_they_stream_from(run):
+    wd = Workdir(run["work"])
+    records = committed_records(wd, ["frames", "checks"])
+    for rec in records["checks"].values():
+        for entry in rec.result["items"]:
+            del entry["path"]
+    assert [t.score for t in contact_sheets(wd, records, None)["frames"]] == [None] * 4
+    sheet = contact_sheets(wd, records, None, {"checks": "frames"})["frames"]
+    assert [(t.item, t.score, t.match) for t in sheet] == [(i, SCORES[i], SCORES[i] >= 0.5) for i in range(4)]
+
+
+def test_one_lane_per_device_with_concurrent_attempts_stacked():
+    def attempt(step, item, start, end, devices):
+        unit = {"run_id": "r", "step": step, "item": item, "attempt": 1}
+        return [{**unit, "event": "attempt_start", "ts": start, "devices": devices},
+                {**unit, "event": "attempt_end", "ts": end, "status": "committed", "warm": False}]
+
+    evs = [{"event": "run_start", "run_id": "r", "ts": 100.0}, *attempt("a", 0, 101, 103, ["cuda:1"]),
+           *attempt("a", 1, 101, 102, ["cuda:10"]), *attempt("a", 2, 101.5, 104, ["cuda:1"]),
+           *attempt("b", None, 103, 104, ["cpu"]), *attempt("c", None, 102, 105, None),
+           *attempt("d", None, 103.5, 104, ["cuda:0", "cuda:1"])]
+    tl = build_timeline(evs)
+    assert list(tl.lanes) == ["cpu", "cuda:0", "cuda:1", "cuda:10", "runner"] and tl.span_s == 5
+    assert [[b.label for b in row] for row in tl.lanes["cuda:1"]] == [["a[0] #1", "d #1"], ["a[2] #1"]]
+    assert len(tl.bars) == 6  # d is drawn in two lanes, counted once
 
 
 def test_a_killed_runner_failed_steps_and_an_empty_workdir(run, tmp_path, capsys):
