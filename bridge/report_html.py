@@ -47,7 +47,8 @@ def write_report(root: Path, out: Path, run_id: str | None = None) -> ReportData
         raise UnknownRun(f"run {run_id} is not in {wd.events} (runs there: {', '.join(timeline.run_ids) or 'none'})")
     notes = []
     if trace and timeline.run_id and trace.get("run_id") != timeline.run_id:
-        notes.append(f"the table shows trace.json, which holds run {trace.get('run_id')}, not {timeline.run_id}")
+        notes.append(f"the table shows trace.json, which holds run {trace.get('run_id')}, not {timeline.run_id}; "
+                     "the contact sheet and the video show the committed outputs as they are now")
     if trace is None:
         notes.append("no trace.json (the runner did not finish): the table is empty, the timeline is from events")
     step_ids = list((trace or {}).get("steps") or {}) or list({str(ev["step"]): 0 for ev in events if ev.get("step")})

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import safefs
+from .execute import final_dir
 from .state import WHOLE_STEP, StateDB, StepRecord
 from .workdir import Workdir
 
@@ -78,9 +79,20 @@ def committed_records(wd: Workdir, step_ids: list[str]) -> Records:
         state.close()
 
 
-def _outputs_of(rec: StepRecord, types: dict[str, str]) -> list[str]:
-    return [str(out["path"]) for out in rec.outputs
-            if isinstance(out, dict) and Path(str(out.get("path", ""))).suffix.lower() in types]
+def _outputs_of(wd: Workdir, rec: StepRecord, types: dict[str, str]) -> list[tuple[str, Path]]:
+    """(recorded path, where the file is now) of the record's outputs of these types. A workdir that was moved
+    or copied still names the old place in its records: its files are looked up under this workdir's
+    `steps/ID[/N]`, at the same place relative to the committed directory."""
+    here = final_dir(wd, rec.step_id, rec.item)
+    found = []
+    for out in rec.outputs:
+        path = str(out.get("path", "")) if isinstance(out, dict) else ""
+        if Path(path).suffix.lower() not in types:
+            continue
+        inside = os.path.relpath(path, rec.committed_dir) if rec.committed_dir else ""
+        moved = inside and not inside.startswith("..") and not os.path.isabs(inside)
+        found.append((path, here / inside if moved else Path(path)))
+    return found
 
 
 def contact_sheets(wd: Workdir, records: Records, trace: dict[str, Any] | None,
@@ -97,10 +109,11 @@ def contact_sheets(wd: Workdir, records: Records, trace: dict[str, Any] | None,
     for sid, units in records.items():
         gate_items = {it.get("item"): it for it in (steps.get(sid) or {}).get("items") or [] if isinstance(it, dict)}
         for item in sorted(units):
-            for path in _outputs_of(units[item], IMAGE_TYPES):
+            for recorded, path in _outputs_of(wd, units[item], IMAGE_TYPES):
                 unit_item = None if item == WHOLE_STEP else item
-                thumb = Thumb(sid, unit_item, Path(path).name, path, embed_image(wd.root, Path(path)))
-                thumb.score, thumb.match = scores.get(os.path.normpath(path)) or by_item.get((sid, item), (None, None))
+                thumb = Thumb(sid, unit_item, path.name, str(path), embed_image(wd.root, path))
+                thumb.score, thumb.match = (scores.get(os.path.normpath(recorded))
+                                            or by_item.get((sid, item), (None, None)))
                 _apply_gate(thumb, gate_items.get(unit_item) or {}, unit_item in (never.get(sid) or []))
                 sheets.setdefault(sid, []).append(thumb)
     return sheets
@@ -154,11 +167,10 @@ def sink_videos(wd: Workdir, records: Records, html_dir: Path, cap_bytes: int = 
             continue
         for item in sorted(units):
             rec = units[item]
-            posters = [p for p in _outputs_of(rec, IMAGE_TYPES) if "poster" in Path(p).stem.lower()]
-            for path in _outputs_of(rec, VIDEO_TYPES):
-                poster = embed_image(wd.root, Path(posters[0])) if posters else None
-                videos.append(Video(sid, Path(path).name, embed_file(wd.root, Path(path), html_dir, cap_bytes),
-                                    poster))
+            posters = [p for _, p in _outputs_of(wd, rec, IMAGE_TYPES) if "poster" in p.stem.lower()]
+            for _, path in _outputs_of(wd, rec, VIDEO_TYPES):
+                poster = embed_image(wd.root, posters[0]) if posters else None
+                videos.append(Video(sid, path.name, embed_file(wd.root, path, html_dir, cap_bytes), poster))
     return videos
 
 

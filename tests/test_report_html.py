@@ -223,6 +223,7 @@ def test_quality_gate_regenerations_and_never_passed_items_are_shown(run, tmp_pa
     assert not (work / "x.html").exists()  # --no-html wins
     assert front.main(["report", str(work)]) == 0
     page = (work / "report.html").read_text("utf-8")
+    assert page.count('<img src="data:image/') == 4  # a copied workdir finds its files (records name the old place)
     assert re.search(r'<figure class="thumb fail never" data-step="frames" data-item="1"', page)
     assert "regenerated 2×<br>NEVER PASSED" in page and "gate: exhausted" in page and "1 never passed the gate" in page
     assert re.search(r'<figure class="thumb pass" data-step="frames" data-item="2"[^>]*>.*?score 0.950<br>match<br>'
