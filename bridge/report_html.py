@@ -7,6 +7,7 @@ data URIs. Nothing is fetched from anywhere. Every string from the data is escap
 from __future__ import annotations
 
 import json
+import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from .report_media import Thumb, Video, committed_records, contact_sheets, sink_
 from .report_svg import MARKER_COLOURS, OUTCOME_COLOURS, WARM_STRIPE, esc, timeline_svg
 from .report_table import StepRow, step_rows
 from .report_timeline import Timeline, build_timeline, read_events
+from .state import StateFormatError
 from .workdir import Workdir
 
 #: The frame of a thumbnail by its check: passed, failed (or never passed the gate), not checked.
@@ -52,12 +54,17 @@ def write_report(root: Path, out: Path, run_id: str | None = None) -> ReportData
     if trace is None:
         notes.append("no trace.json (the runner did not finish): the table is empty, the timeline is from events")
     step_ids = list((trace or {}).get("steps") or {}) or list({str(ev["step"]): 0 for ev in events if ev.get("step")})
-    records = committed_records(wd, step_ids)
+    try:
+        records = committed_records(wd, step_ids)
+    except (StateFormatError, sqlite3.Error) as exc:  # a newer runner's or a damaged database: no media, say why
+        records = {}
+        notes.append(f"committed outputs unknown: {wd.state_db}: {exc}")
     streams = {str(ev["step"]): str(ev["streaming_from"]) for ev in events
                if ev["event"] == "foreach_start" and ev.get("streaming_from")}
     data = ReportData(str(root), timeline, trace, step_rows(trace or {}), contact_sheets(wd, records, trace, streams),
                       sink_videos(wd, records, out.parent.absolute()), notes)
-    safefs.replace_file(out, render_page(data).encode("utf-8"))
+    # backslashreplace: a lone surrogate (a worker's stderr can carry one into events) must not stop the report
+    safefs.replace_file(out, render_page(data).encode("utf-8", "backslashreplace"))
     return data
 
 

@@ -169,11 +169,19 @@ def test_a_killed_runner_failed_steps_and_an_empty_workdir(run, tmp_path, capsys
     (work / "trace.json").unlink()  # as after SIGKILL: no trace, and the events stop mid-attempt
     lines = (work / "events.jsonl").read_text("utf-8").splitlines()
     last_end = max(i for i, line in enumerate(lines) if '"attempt_end"' in line)
-    (work / "events.jsonl").write_text("\n".join(lines[:last_end]) + "\n" + lines[last_end][:20], encoding="utf-8")
+    cut = json.loads(lines[last_end])
+    lone = json.dumps({"event": "attempt_start", "run_id": cut["run_id"], "ts": cut["ts"], "step": "z", "attempt": 1,
+                       "message": "half a pair: \ud800"})  # json.dumps writes it as an escape; it reads back
+    (work / "events.jsonl").write_text("\n".join([*lines[:last_end], lone]) + "\n" + lines[last_end][:20],
+                                       encoding="utf-8")
+    for name in ("state.db-wal", "state.db-shm"):
+        (work / ".bridge" / name).unlink(missing_ok=True)
+    (work / ".bridge" / "state.db").write_bytes(b"not a database" * 100)
     assert front.main(["report", str(work)]) == 0
     assert "runner did not finish" in capsys.readouterr().out
     page = (work / "report.html").read_text("utf-8")
-    assert 'data-outcome="unfinished"' in page and "no trace.json" in page
+    assert 'data-outcome="unfinished"' in page and "no trace.json" in page and "half a pair: \\ud800" in page
+    assert "committed outputs unknown" in page and "No committed image." in page
 
     empty = tmp_path / "empty"
     empty.mkdir()
