@@ -91,9 +91,11 @@ def render_page(d: ReportData) -> str:
 
 
 def _summary(d: ReportData) -> str:
-    trace = d.trace or {}
-    facts = [("status", trace.get("status", "-")), ("exit code", trace.get("exit_code", "-")),
-             ("wall", f"{trace.get('wall_s', 0) or 0:.2f} s"), ("attempts", len(d.timeline.bars)),
+    # the run_end event of the run shown; without one (a killed runner), its trace.json if it wrote one
+    trace = d.trace if d.trace and d.trace.get("run_id") == d.timeline.run_id else {}
+    run = d.timeline.end or trace
+    facts = [("status", run.get("status", "unfinished")), ("exit code", run.get("exit_code", "-")),
+             ("wall", f"{run.get('wall_s') or d.timeline.span_s:.2f} s"), ("attempts", len(d.timeline.bars)),
              ("cache hits", sum(1 for m in d.timeline.markers if m.kind == "cache_hit")), ("workdir", d.workdir)]
     others = [r for r in d.timeline.run_ids if r != d.timeline.run_id]
     if others:

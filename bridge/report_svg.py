@@ -55,7 +55,7 @@ def _lane_header(name: str, y: int, rows: int) -> str:
 
 def _bar(bar: Bar, y: int, scale: float) -> str:
     x = LABEL_W + bar.start_s * scale
-    w = max(MIN_BAR_W, (bar.end_s - bar.start_s) * scale)  # a few milliseconds still show
+    w = max(MIN_BAR_W, (bar.end_s - bar.start_s) * scale - 1)  # a few milliseconds still show; 1 px apart
     colour = OUTCOME_COLOURS.get(bar.outcome, OUTCOME_COLOURS["unfinished"])
     label = _label(bar) + (" warm" if bar.warm else "")
     text = (f'<text class="bar-label" x="{x + 3:.1f}" y="{y + 12}">{esc(label)}</text>'

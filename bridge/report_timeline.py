@@ -55,6 +55,7 @@ class Timeline:
     lanes: dict[str, list[list[Bar]]]  # lane -> rows; bars in one row never overlap
     markers: list[Marker]
     run_ids: list[str]  # every run in the file, oldest first
+    end: dict[str, Any] = field(default_factory=dict)  # the run's `run_end` event ({} when the runner was killed)
 
     @property
     def bars(self) -> list[Bar]:
@@ -103,7 +104,8 @@ def build_timeline(events: list[dict[str, Any]], run_id: str | None = None) -> T
     bars = _bars(mine, t0, last)
     markers = _markers(mine, t0)
     span = max([last, *(b.end_s for b in bars), *(m.at_s for m in markers)], default=0.0)
-    return Timeline(run_id, span, _lanes(bars), markers, ids)
+    end = next((ev for ev in reversed(mine) if ev["event"] == "run_end"), {})
+    return Timeline(run_id, span, _lanes(bars), markers, ids, end)
 
 
 def _unit(ev: dict[str, Any]) -> tuple[str, int | None]:

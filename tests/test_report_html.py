@@ -121,6 +121,8 @@ def test_run_picks_another_run_and_html_options(run, tmp_path, capsys):
     page = out.read_text("utf-8")
     assert page.count('<g class="attempt ') == 8 and 'class="marker cache_hit"' not in page  # 1 + 3 + 3 + 1
     assert f"holds run {doc['run_id']}, not {first}" in page
+    first_end = next(e for e in events(work) if e["event"] == "run_end" and e["run_id"] == first)
+    assert f"<dt>wall</dt><dd>{first_end['wall_s']:.2f} s</dd>" in page  # the summary is the shown run's
     assert front.main(["report", str(work), "--run", "no-such-run", "--html", str(tmp_path / "x.html")]) == 2
     assert "run no-such-run is not in" in capsys.readouterr().err and not (tmp_path / "x.html").exists()
     before = (work / "report.html").stat().st_mtime_ns
@@ -182,6 +184,7 @@ def test_a_killed_runner_failed_steps_and_an_empty_workdir(run, tmp_path, capsys
     page = (work / "report.html").read_text("utf-8")
     assert 'data-outcome="unfinished"' in page and "no trace.json" in page and "half a pair: \\ud800" in page
     assert "committed outputs unknown" in page and "No committed image." in page
+    assert "<dt>status</dt><dd>unfinished</dd>" in page
 
     empty = tmp_path / "empty"
     empty.mkdir()
