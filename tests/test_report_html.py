@@ -48,7 +48,8 @@ def _manifest(tmp: Path, n: int, video: Path) -> dict:
                           "fail_times": "${item.fail}", "count_file": "${item.count}", "label": "${item.label}"}},
                 {"id": "checks", "worker": "img", "foreach": "${steps.frames.result}",
                  "args": {"mode": "check", "image": "${item.path}", "score": "${item.score}"}},
-                {"id": "final", "worker": "img", "needs": ["checks"], "args": {"mode": "copy", "source": str(video)}},
+                {"id": "final", "worker": "img", "needs": ["checks"], "args": {"mode": "copy", "source": str(video),
+                                                                   "poster_color": [250, 250, 0]}},
             ]}
 
 
@@ -97,7 +98,8 @@ def test_contact_sheet_video_and_table(run):
                         r'<img src="data:image/(?:png|jpeg);base64,[^"]+"', html)
     assert [(item, frame) for frame, item in thumbs] == [("0", "pass"), ("1", "fail"), ("2", "pass"), ("3", "pass")]
     assert "score 0.200<br>no match" in html and "score 0.900<br>match" in html
-    (src,) = re.findall(r'<video controls preload="metadata" src="data:video/mp4;base64,([^"]+)"', html)
+    (src,) = re.findall(r'<video controls preload="metadata" src="data:video/mp4;base64,([^"]+)" '
+                        r'poster="data:image/(?:png|jpeg);base64,', html)
     assert base64.b64decode(src) == run["video"].read_bytes()
     rows = re.findall(r'<tr class="\w+" data-step="([^"]+)">', html)
     assert rows == ["list", "frames", "checks", "final"]
@@ -234,7 +236,7 @@ def test_quality_gate_regenerations_and_never_passed_items_are_shown(run, tmp_pa
     assert not (work / "x.html").exists()  # --no-html wins
     assert front.main(["report", str(work)]) == 0
     page = (work / "report.html").read_text("utf-8")
-    assert page.count('<img src="data:image/') == 4  # a copied workdir finds its files (records name the old place)
+    assert page.count('<img src="data:image/') == 5  # 4 frames and the poster; a copied workdir finds its files (records name the old place)
     assert re.search(r'<figure class="thumb fail never" data-step="frames" data-item="1"', page)
     assert "regenerated 2×<br>NEVER PASSED" in page and "gate: exhausted" in page and "1 never passed the gate" in page
     assert re.search(r'<figure class="thumb pass" data-step="frames" data-item="2"[^>]*>.*?score 0.950<br>match<br>'
