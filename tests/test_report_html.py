@@ -48,8 +48,8 @@ def _manifest(tmp: Path, n: int, video: Path) -> dict:
                           "fail_times": "${item.fail}", "count_file": "${item.count}", "label": "${item.label}"}},
                 {"id": "checks", "worker": "img", "foreach": "${steps.frames.result}",
                  "args": {"mode": "check", "image": "${item.path}", "score": "${item.score}"}},
-                {"id": "final", "worker": "img", "needs": ["checks"], "args": {"mode": "copy", "source": str(video),
-                                                                   "poster_color": [250, 250, 0]}},
+                {"id": "final", "worker": "img", "needs": ["checks"],
+                 "args": {"mode": "copy", "source": str(video), "poster_color": [250, 250, 0]}},
             ]}
 
 
