@@ -77,10 +77,10 @@ def ffmpeg_argv(ffmpeg: str, plan: EncodePlan, output: Path) -> list[str]:
     if plan.soft_captions:
         argv += ["-map", f"{len(plan.clips) + (plan.audio is not None)}:s:0", "-c:s", "mov_text"]
     argv += ["-c:v", "libx264", "-preset", plan.preset, "-crf", str(plan.crf), "-pix_fmt", "yuv420p",
-             "-r", str(plan.timeline.fps), "-frames:v", str(plan.timeline.frames)]
+             "-r", str(plan.timeline.fps)]
     if plan.audio is not None:
         argv += ["-c:a", "aac", "-b:a", f"{plan.audio_bitrate_kbps}k", "-ar", str(AUDIO_RATE_HZ)]
-    argv += ["-t", f"{plan.timeline.duration_s:.6f}", "-movflags", "+faststart", "-f", "mp4", str(output)]
+    argv += ["-movflags", "+faststart", "-f", "mp4", str(output)]
     return argv
 
 

@@ -2,13 +2,14 @@
 
 Pure functions on numbers (no files, no ffmpeg), so their guarantees are easy to test:
 - slot boundaries are rounded cumulatively, so the total frame count is exactly round(timeline_s x fps) and
-  every boundary is a frame boundary (unless a slot is shorter than half a frame: each clip shows one frame at
+  every boundary is a frame boundary (unless a slot is shorter than a frame: each clip shows one frame at
   least);
 - a clip shorter than its slot is held (its last frame repeated), a longer one trimmed; never both.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -66,14 +67,16 @@ def plan_timeline(source_durations_s: list[float], durations_s: list[float] | No
     """Slots for the clips, in order: `durations_s` when given, else each clip's own duration; a longer audio
     extends the last slot to its end. The caller has refused an audio that is too short."""
     wanted = list(durations_s) if durations_s is not None else list(source_durations_s)
-    timeline_s = sum(wanted)
+    if len(wanted) != len(source_durations_s):
+        raise ValueError(f"{len(wanted)} slot durations for {len(source_durations_s)} clips")
+    timeline_s = math.fsum(wanted)
     extended_s = None
     if audio_s is not None and audio_s > timeline_s:
         extended_s = audio_s - timeline_s
         wanted[-1] += extended_s
-    slots, elapsed_s, start = [], 0.0, 0
-    for index, (slot_s, source_s) in enumerate(zip(wanted, source_durations_s, strict=True)):
-        elapsed_s += slot_s
+    slots, start = [], 0
+    for index, source_s in enumerate(source_durations_s):
+        elapsed_s = math.fsum(wanted[:index + 1])  # exact sums: the last boundary is round(fsum(all) x fps)
         end = max(round(elapsed_s * fps), start + 1)  # every clip shows at least one frame
         slots.append(Slot(index, start, end, source_s, fps))
         start = end
