@@ -6,6 +6,7 @@ facts; probing reads container headers only, a few milliseconds per file.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,16 +67,18 @@ def _check_durations(args: Args, problems: FieldErrors) -> None:
                      f"{len(args.clips)}; give one slot duration per clip", "length_mismatch")
 
 
-def _probe_audio(args: Args, problems: FieldErrors) -> tuple[Path | None, float | None]:
-    if args.audio_path is None:
+def _read_optional(value: str | None, field: str, read: Callable[[Path], Any], failure: type[Exception],
+                   problems: FieldErrors) -> tuple[Path | None, Any]:
+    """(path, what `read` made of it) for an optional input file; (None, None) when absent or bad (recorded)."""
+    if value is None:
         return None, None
-    path = problems.attempt(input_file, args.audio_path, "audio_path")
+    path = problems.attempt(input_file, value, field)
     if path is None:
         return None, None
     try:
-        return path, probe_audio_duration_s(path)
-    except NotMedia as exc:
-        problems.add("$.audio_path", f"audio_path {args.audio_path!r} {exc}", "bad_file")
+        return path, read(path)
+    except failure as exc:
+        problems.add(f"$.{field}", f"{field} {value!r} {exc}", "bad_file")
         return None, None
 
 
@@ -87,19 +90,6 @@ def _check_audio_length(args: Args, videos: list[VideoInfo], audio_s: float, pro
                      "or pass the full narration", "audio_too_short")
 
 
-def _load_captions(args: Args, problems: FieldErrors) -> tuple[Path | None, Any]:
-    if args.subtitles_path is None:
-        return None, None
-    path = problems.attempt(input_file, args.subtitles_path, "subtitles_path")
-    if path is None:
-        return None, None
-    try:
-        return path, load_captions(path)
-    except BadCaptions as exc:
-        problems.add("$.subtitles_path", f"subtitles_path {args.subtitles_path!r} {exc}", "bad_file")
-        return None, None
-
-
 def inspect_inputs(args: Args, worker_name: str) -> Inputs:
     """The probed inputs, or InvalidInput listing every problem at once (each with its JSON path)."""
     problems = FieldErrors()
@@ -108,9 +98,9 @@ def inspect_inputs(args: Args, worker_name: str) -> Inputs:
     all_clips_read = len(clips) == len(args.clips)
     if all_clips_read:
         _check_sizes(args, videos, problems)
-    audio, audio_s = _probe_audio(args, problems)
+    audio, audio_s = _read_optional(args.audio_path, "audio_path", probe_audio_duration_s, NotMedia, problems)
     if audio_s is not None and all_clips_read and not problems.items:
         _check_audio_length(args, videos, audio_s, problems)
-    subtitles, captions = _load_captions(args, problems)
+    subtitles, captions = _read_optional(args.subtitles_path, "subtitles_path", load_captions, BadCaptions, problems)
     problems.raise_if_any(f"invalid input for worker '{worker_name}'")
     return Inputs(clips, videos, audio, audio_s, subtitles, captions)

@@ -45,6 +45,15 @@ def _open(path: Path):
         raise NotMedia(f"is not a readable media file ({getattr(exc, 'strerror', None) or exc})") from None
 
 
+def _first_stream(container, kind: str):
+    """The first `video` or `audio` stream, or NotMedia listing the kinds the file has."""
+    streams = container.streams.video if kind == "video" else container.streams.audio
+    if not streams:
+        kinds = sorted({s.type for s in container.streams}) or ["none"]
+        raise NotMedia(f"has no {kind} stream (streams: {', '.join(kinds)})")
+    return streams[0]
+
+
 def _stream_duration_s(stream, container) -> float | None:
     if stream.duration is not None and stream.time_base is not None:
         return float(stream.duration * stream.time_base)
@@ -65,10 +74,7 @@ def _packet_span_s(container, stream) -> float:
 def probe_video(path: Path) -> VideoInfo:
     """Size, frame rate and duration of the first video stream, or NotMedia."""
     with _open(path) as container:
-        if not container.streams.video:
-            kinds = sorted({s.type for s in container.streams}) or ["none"]
-            raise NotMedia(f"has no video stream (streams: {', '.join(kinds)})")
-        stream = container.streams.video[0]
+        stream = _first_stream(container, "video")
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         duration = _stream_duration_s(stream, container)
         if duration is None:
@@ -81,10 +87,7 @@ def probe_video(path: Path) -> VideoInfo:
 def probe_audio_duration_s(path: Path) -> float:
     """Duration of the first audio stream, or NotMedia."""
     with _open(path) as container:
-        if not container.streams.audio:
-            kinds = sorted({s.type for s in container.streams}) or ["none"]
-            raise NotMedia(f"has no audio stream (streams: {', '.join(kinds)})")
-        stream = container.streams.audio[0]
+        stream = _first_stream(container, "audio")
         duration = _stream_duration_s(stream, container)
         return duration if duration is not None else _packet_span_s(container, stream)
 
