@@ -63,12 +63,18 @@ def filter_graph(plan: EncodePlan) -> str:
     return ";".join(chains)
 
 
+def _file(path: Path) -> str:
+    """`file:` + the absolute path: ffmpeg then never reads a name as a protocol (`concat:`, `subfile,`) or an
+    option (`-x`)."""
+    return f"file:{path.resolve()}"
+
+
 def ffmpeg_argv(ffmpeg: str, plan: EncodePlan, output: Path) -> list[str]:
     argv = [ffmpeg, "-hide_banner", "-nostdin", "-loglevel", "error", "-nostats", "-progress", "pipe:1", "-y"]
     for clip in plan.clips:
-        argv += ["-i", str(clip)]
+        argv += ["-i", _file(clip)]
     if plan.audio is not None:
-        argv += ["-i", str(plan.audio)]
+        argv += ["-i", _file(plan.audio)]
     if plan.soft_captions:
         argv += ["-i", SOFT_FILE]
     argv += ["-filter_complex", filter_graph(plan), "-map", "[vout]"]
@@ -80,7 +86,7 @@ def ffmpeg_argv(ffmpeg: str, plan: EncodePlan, output: Path) -> list[str]:
              "-r", str(plan.timeline.fps)]
     if plan.audio is not None:
         argv += ["-c:a", "aac", "-b:a", f"{plan.audio_bitrate_kbps}k", "-ar", str(AUDIO_RATE_HZ)]
-    argv += ["-movflags", "+faststart", "-f", "mp4", str(output)]
+    argv += ["-movflags", "+faststart", "-f", "mp4", _file(output)]
     return argv
 
 
