@@ -22,7 +22,7 @@ ENV DEBIAN_FRONTEND=noninteractive \
 # Distribution packages follow the base image's release; exact apt pins rot as the archive moves on.
 # hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 python3-venv ffmpeg ca-certificates \
+ && apt-get install -y --no-install-recommends python3 python3-venv ffmpeg fonts-dejavu-core ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
  && python3 -m venv /opt/venv \
  && pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX}"

@@ -15,6 +15,7 @@ WORKER_CONTRACT_MODULES: dict[str, str] = {
     "sdxl": "workers.sdxl.contract",
     "ltx": "workers.ltx.contract",
     "vision": "workers.vision.contract",
+    "compose": "workers.compose.contract",
 }
 
 
