@@ -227,8 +227,11 @@ class Runner:
             return LocalExecutor(post, self.schemas, self.cancel)
         from .warm_pool import WarmPoolExecutor
 
+        # Idle processes kept: the slot count, plus one per worker, so a pipeline whose steps take turns (keyframe,
+        # check, clip, keyframe, ...) finds each model still loaded instead of evicting one per item.
+        workers = {step.worker for step in self.m.steps.values()}
         return WarmPoolExecutor(post, self.schemas, self.cancel, self.planner.identities,
-                                idle_s=self.opts.warm_idle_s, max_idle=self.slots.jobs, slots=self.slots)
+                                idle_s=self.opts.warm_idle_s, max_idle=self.slots.jobs + len(workers), slots=self.slots)
 
     def _tolerated(self, sid: str) -> bool:
         """A failure (or a skip) that does not fail the run: the step, or the upstream that blocked it, is optional."""

@@ -6,8 +6,8 @@ foreign one-shot worker) goes to the one-process-per-attempt executor, and so do
 the environment (CUDA_VISIBLE_DEVICES above all) is fixed when a process starts. Among idle processes of that
 key, the one the grant took over (`Grant.warm_token`) comes first, then the one whose last request had the
 same model key (the args fields `model_key_fields` names), since it holds that model. The coordinator never
-runs more attempts than the slots allow, so at most that many processes are busy; idle ones beyond the slot
-count, and any idle for `idle_s`, are shut down.
+runs more attempts than the slots allow, so at most that many processes are busy; idle ones beyond `max_idle`
+(the runner passes the slot count plus one per worker), and any idle for `idle_s`, are shut down.
 
 An idle process keeps its model in VRAM: its grant's GPU load stays parked in the slot pool
 (resources.SlotPool.park) until it is busy again or gone; a request that needs that room has it evicted.
