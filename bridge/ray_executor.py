@@ -32,6 +32,9 @@ from .worker_client import write_args_file
 DATA_MODES = ("ship", "shared")
 #: How often a waiting attempt looks at the cancel event.
 _POLL_S = 0.1
+#: How often the head asks the cluster which nodes are alive while attempts run: Ray itself may take minutes to
+#: fail the task of a node whose raylet was killed (measured: more than 90 s with 2.60).
+NODE_CHECK_S = 1.0
 #: Unconsumed objects a task may run ahead of the head (events and chunks): the bound on memory in flight.
 BACKPRESSURE_OBJECTS = 4
 
@@ -60,6 +63,17 @@ class RayExecutor:
         self._remote = ray.remote(ray_task.attempt_on_node)
         self._has_gpus = any(n.get("Alive") and (n.get("Resources") or {}).get("GPU") for n in ray.nodes())
         self._threads = AttemptThreads(post, warm=False)
+        self._alive_lock = threading.Lock()
+        self._alive: tuple[float, set[str]] = (0.0, set())
+
+    def node_alive(self, node_id: str) -> bool:
+        """From a view of the cluster at most NODE_CHECK_S old, shared by all attempts."""
+        with self._alive_lock:
+            checked, alive = self._alive
+            if time.monotonic() - checked >= NODE_CHECK_S:
+                alive = {n["NodeID"] for n in self.ray.nodes() if n.get("Alive")}
+                self._alive = (time.monotonic(), alive)
+        return node_id in alive
 
     def submit(self, request: AttemptRequest) -> None:
         self._threads.start(request, self._attempt)
@@ -188,6 +202,9 @@ class _Follow:
         if self.x.cancel.is_set():
             self._cancel()
             raise _Interrupted
+        if not ready and self.node is not None and not self.x.node_alive(self.node["node_id"]):
+            self._cancel()
+            raise _Lost(self._where("the cluster marked the node dead"))
         return bool(ready)
 
     def _next(self, end_ok: bool = False) -> tuple | None:

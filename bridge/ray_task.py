@@ -119,6 +119,7 @@ def _run_relaying(argv: list[str], cwd: Path, env: dict[str, str], log: Path, sp
             result["error"] = exc
 
     thread = threading.Thread(target=run, daemon=True, name="storybridge-worker")
+    raylet = os.getppid()  # a Ray worker is the raylet's child; orphaned, it outlives a killed raylet a long time
     thread.start()
     try:
         while thread.is_alive() or not events.empty():
@@ -126,6 +127,8 @@ def _run_relaying(argv: list[str], cwd: Path, env: dict[str, str], log: Path, sp
                 yield "event", events.get(timeout=_POLL_S)
             except queue.Empty:
                 pass
+            if os.getppid() != raylet:
+                raise NodeGone(f"the raylet of {socket.gethostname()} is gone")
     except BaseException:
         stop.set()  # run_process stops the tree (TERM, kill_grace_s, KILL)
         thread.join()
@@ -133,6 +136,10 @@ def _run_relaying(argv: list[str], cwd: Path, env: dict[str, str], log: Path, sp
     thread.join()
     if "error" in result:
         raise result["error"]
+
+
+class NodeGone(RuntimeError):
+    """This node's raylet died: the attempt is lost, and its worker must not run on unseen."""
 
 
 def _log_tail(log: Path) -> bytes:
