@@ -8,7 +8,8 @@ used as they are; `ship`, the node gets the input files the args name, writes th
 its own and sends them back through Ray's object store in bounded chunks, and the head writes them into the
 staging directory, checking every output's size and sha256 against the envelope before the commit.
 
-Ray is imported only here, and this module only when `--executor ray` is chosen.
+Ray is imported only here, and this module only when `--executor ray` is chosen. The runner connects (`connect`,
+before anything runs, so an unreachable cluster is a setup error, exit 4) and disconnects.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import ray_data, ray_task
+from . import ray_data, ray_task, safefs
 from .answer import AttemptOutcome, classify, single_json
 from .execute import rewrite_prefix
 from .executor import AttemptRequest, AttemptThreads, Post, WorkerEvent
@@ -46,6 +47,26 @@ class RayOptions:
     placement_timeout_s: float = 60.0
 
 
+class RayUnavailable(Exception):
+    """The cluster cannot be reached (or Ray is not installed): a setup error, before anything runs."""
+
+
+def connect(options: RayOptions) -> bool:
+    """Connect this process to the cluster as Ray's driver; True when this call made the connection."""
+    try:
+        import ray
+    except ImportError:
+        raise RayUnavailable('Ray is not installed: pip install "storybridge[ray]"') from None
+    if ray.is_initialized():
+        return False
+    try:
+        ray.init(address=options.address, log_to_driver=False)
+    except Exception as exc:  # noqa: BLE001 - ConnectionError, ValueError, RuntimeError: all mean "no cluster"
+        raise RayUnavailable(f"cannot reach the Ray cluster at {options.address or 'a new local instance'}: "
+                             f"{type(exc).__name__}: {exc}") from None
+    return True
+
+
 class _Lost(Exception):
     """The node or the Ray worker process of an attempt went away (or Ray failed the task)."""
 
@@ -57,9 +78,6 @@ class RayExecutor:
 
         self.ray = ray
         self.post, self.schemas, self.cancel, self.m, self.opts = post, schemas, cancel, manifest, options
-        self._owns = not ray.is_initialized()  # tests connect first; the CLI connects here
-        if self._owns:
-            ray.init(address=options.address, log_to_driver=False)
         self._remote = ray.remote(ray_task.attempt_on_node)
         self._has_gpus = any(n.get("Alive") and (n.get("Resources") or {}).get("GPU") for n in ray.nodes())
         self._threads = AttemptThreads(post, warm=False)
@@ -80,8 +98,6 @@ class RayExecutor:
 
     def close(self) -> None:
         self._threads.join()
-        if self._owns:
-            self.ray.shutdown()
 
     # one attempt --------------------------------------------------------------------------------------------
     def _attempt(self, request: AttemptRequest) -> AttemptOutcome:
@@ -175,7 +191,7 @@ class _Follow:
 
     def _receive(self, done: dict[str, Any], staging: Path, proc: Any) -> list[str]:
         """The outputs into staging; the envelope's node paths become staging paths; [problems]."""
-        self.request.files.stderr_log.write_bytes(done["stderr_log"])
+        safefs.write_new(self.request.files.stderr_log, done["stderr_log"])
         sink = ray_data.StagingSink(staging)
         try:
             while (item := self._next(end_ok=True)) is not None:

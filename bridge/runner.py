@@ -85,6 +85,7 @@ class Runner:
         self.slots: SlotPool | None = None
         self.coordinator: Coordinator | None = None
         self.display: progress.PlainLines | progress.RichProgress | None = None
+        self._ray_owned = False  # this runner connected to Ray (and disconnects at the end)
 
     @property
     def workdir(self) -> Path:
@@ -115,8 +116,14 @@ class Runner:
             self._say(f"[unusable workdir] {exc}")
             return EXIT_INVALID
         try:
+            if self.opts.executor == "ray" and not self._connect_ray():
+                return EXIT_SETUP
             return self._locked_run()
         finally:
+            if self._ray_owned:  # this runner's Ray connection (and the local Ray it may have started)
+                import ray
+
+                ray.shutdown()
             lock.release()
 
     # --------------------------------------------------------------------------------------------- run
@@ -235,6 +242,16 @@ class Runner:
 
         return WarmPoolExecutor(post, self.schemas, self.cancel, self.planner.identities,
                                 idle_s=self.opts.warm_idle_s, max_idle=self.slots.jobs, slots=self.slots)
+
+    def _connect_ray(self) -> bool:
+        from .ray_executor import RayOptions, RayUnavailable, connect
+
+        try:
+            self._ray_owned = connect(self.opts.ray or RayOptions())
+        except RayUnavailable as exc:
+            self._say(f"[setup error] {exc}")
+            return False
+        return True
 
     def _tolerated(self, sid: str) -> bool:
         """A failure (or a skip) that does not fail the run: the step, or the upstream that blocked it, is optional."""
