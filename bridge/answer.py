@@ -39,6 +39,7 @@ class AttemptOutcome:
     peak_rss_mb: float | None = None
     wall_s: float = 0.0
     warnings: list[str] = field(default_factory=list)
+    node: dict[str, Any] | None = None  # where a distributed executor ran it (node id, IP, devices, threads)
 
     def error_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "message": self.message, "retryable": self.retryable, "exit_code": self.exit_code}

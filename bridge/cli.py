@@ -91,7 +91,7 @@ def _run(opts: argparse.Namespace) -> int:
     options = RunOptions(force=set(opts.force), only=set(opts.only), until=set(opts.until), dry_run=opts.dry_run,
                          explain=opts.explain, events_stdout=events_stdout, jobs=opts.jobs or os.cpu_count() or 1,
                          gpus=_gpus(opts.gpus), warm=not opts.no_warm, warm_idle_s=opts.warm_idle_s,
-                         quiet=opts.quiet)
+                         quiet=opts.quiet, executor=opts.executor, ray=_ray_options(opts))
     runner = Runner(loaded, options, cancel=cancel, console=sys.stderr if events_stdout else sys.stdout,
                     events_mirror=sys.stdout if events_stdout else None)
 
@@ -107,6 +107,14 @@ def _run(opts: argparse.Namespace) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _ray_options(opts: argparse.Namespace):
+    if opts.executor != "ray":
+        return None
+    from .ray_executor import RayOptions  # imports no ray itself: that happens when the run connects
+
+    return RayOptions(address=opts.ray_address, data=opts.ray_data, placement_timeout_s=opts.placement_timeout_s)
 
 
 GPUS_HELP = ("GPUs to hand out: `0,1`, `0:24,1:24` (index:VRAM budget in GB) or `none` "
@@ -197,7 +205,21 @@ def _add_run(sub) -> None:
     run.add_argument("--warm-idle-s", type=_seconds, default=60.0, metavar="S",
                      help="shut down a warm worker idle for S seconds (default 60)")
     run.add_argument("--quiet", "-q", action="store_true", help="print only failures and the final line")
+    _add_ray_flags(run)
     run.set_defaults(func=_run)
+
+
+def _add_ray_flags(run) -> None:
+    run.add_argument("--executor", choices=["local", "ray"], default="local",
+                     help="where attempts run: this machine (default) or a Ray cluster (docs/scale-out.md)")
+    run.add_argument("--ray-address", metavar="ADDR",
+                     help="the Ray cluster: `auto` (the one `ray start` made here), HOST:PORT or ray://HOST:PORT "
+                     "(default: a Ray instance started on this machine)")
+    run.add_argument("--ray-data", choices=["ship", "shared"], default="ship",
+                     help="`ship` (default): inputs and outputs travel through Ray's object store; `shared`: every "
+                     "node mounts the workdir at the same path")
+    run.add_argument("--placement-timeout-s", type=_seconds, default=60.0, metavar="S",
+                     help="an attempt that no Ray node can take fails after S seconds (default 60)")
 
 
 #: The runner's commands, each added to a subparsers action: ours below, or the `storybridge` front door's.

@@ -220,7 +220,7 @@ class Coordinator:
             self._record_worker(run.row, message.pid)
         elif isinstance(message, WorkerEvent):
             ev = message.event
-            name = {"progress": "progress", "log": "worker_log"}.get(ev["event"], "worker_event")
+            name = {"progress": "progress", "log": "worker_log", "placed": "attempt_placed"}.get(ev["event"], "worker_event")
             payload = {k: v for k, v in ev.items() if k not in ("event", "ts", "run_id", "step", "attempt", "item")}
             self.ctx.events.emit(name, **run.ids(), attempt=run.attempt, worker_ts=ev.get("ts"), **payload)
         elif isinstance(message, Finished):
@@ -255,7 +255,8 @@ class Coordinator:
         record = {"attempt": run.attempt, "status": execute.attempt_state(outcome).value,
                   "exit_code": outcome.exit_code, "error_kind": outcome.kind, "message": outcome.message or None,
                   "wall_s": outcome.wall_s, "peak_rss_mb": outcome.peak_rss_mb, "warnings": outcome.warnings,
-                  "warm": warm, "metrics": (outcome.envelope or {}).get("metrics"), **run.extra}
+                  "warm": warm, "metrics": (outcome.envelope or {}).get("metrics"), **run.extra,
+                  **({"node": outcome.node} if outcome.node else {})}
         run.trace.attempts.append(record)
         ctx.events.emit("attempt_end", **run.ids(), **record)
         if committed is not None:

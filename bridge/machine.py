@@ -32,6 +32,12 @@ def slot_pool(m: LoadedManifest, jobs: int, gpus: list[Gpu] | None, env: dict[st
     return pool
 
 
+def cluster_slot_pool(jobs: int) -> SlotPool:
+    """`--executor ray`: the head bounds only how many attempts are in flight (--jobs); GPUs, memory and custom
+    resources are placed by the cluster, and a request no node can meet fails at placement, per attempt."""
+    return SlotPool(jobs=max(1, jobs))
+
+
 def resource_problems(m: LoadedManifest, gpus: list[Gpu] | None, env: dict[str, str]) -> list[str]:
     try:
         slot_pool(m, 1, gpus, env)

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat
 
 
 class Resources(BaseModel):
@@ -30,6 +30,9 @@ class Resources(BaseModel):
     vram_gb: float | None = Field(default=None, gt=0, description="VRAM per GPU; without it a GPU is held exclusively.")
     cpu: int = Field(default=1, ge=1, le=1024, description="CPU slots (of --jobs) this step holds; capped at --jobs.")
     memory_gb: float | None = Field(default=None, gt=0, description="Host memory; the sum never exceeds the machine's.")
+    custom: dict[str, PositiveFloat] = Field(
+        default_factory=dict, description="Custom resources of a Ray cluster (`--executor ray` places the attempt on "
+        "a node that offers them, e.g. {\"node_b\": 1}); the local executor ignores them.")
 
 
 Fallback = Literal["cpu"]

@@ -59,6 +59,8 @@ class RunOptions:
     warm: bool = True  # keep --serve workers for workers that advertise it
     warm_idle_s: float = 60.0
     quiet: bool = False
+    executor: str = "local"  # or "ray" (bridge/ray_executor.py)
+    ray: Any = None  # ray_executor.RayOptions when executor is "ray"
 
 
 class Runner:
@@ -83,6 +85,7 @@ class Runner:
         self.slots: SlotPool | None = None
         self.coordinator: Coordinator | None = None
         self.display: progress.PlainLines | progress.RichProgress | None = None
+        self._ray_owned = False  # this runner connected to Ray (and disconnects at the end)
 
     @property
     def workdir(self) -> Path:
@@ -96,7 +99,8 @@ class Runner:
             self._say(f"[unusable workdir] {exc}")
             return EXIT_INVALID
         try:
-            self.slots = machine.slot_pool(self.m, self.opts.jobs, self.opts.gpus, self.env)
+            self.slots = (machine.cluster_slot_pool(self.opts.jobs) if self.opts.executor == "ray" else
+                          machine.slot_pool(self.m, self.opts.jobs, self.opts.gpus, self.env))
         except machine.ResourcesImpossible as exc:
             self._say(f"[resources] {exc}")
             return EXIT_INVALID
@@ -112,8 +116,14 @@ class Runner:
             self._say(f"[unusable workdir] {exc}")
             return EXIT_INVALID
         try:
+            if self.opts.executor == "ray" and not self._connect_ray():
+                return EXIT_SETUP
             return self._locked_run()
         finally:
+            if self._ray_owned:  # this runner's Ray connection (and the local Ray it may have started)
+                import ray
+
+                ray.shutdown()
             lock.release()
 
     # --------------------------------------------------------------------------------------------- run
@@ -223,6 +233,10 @@ class Runner:
         return EXIT_STEP_FAILED if hard else EXIT_OK
 
     def _executor(self, post):
+        if self.opts.executor == "ray":  # one Ray task per attempt; Ray is imported only now
+            from .ray_executor import RayExecutor, RayOptions
+
+            return RayExecutor(post, self.schemas, self.cancel, self.m, self.opts.ray or RayOptions())
         if not self.opts.warm:
             return LocalExecutor(post, self.schemas, self.cancel)
         from .warm_pool import WarmPoolExecutor
@@ -232,6 +246,16 @@ class Runner:
         workers = {step.worker for step in self.m.steps.values()}
         return WarmPoolExecutor(post, self.schemas, self.cancel, self.planner.identities,
                                 idle_s=self.opts.warm_idle_s, max_idle=self.slots.jobs + len(workers), slots=self.slots)
+
+    def _connect_ray(self) -> bool:
+        from .ray_executor import RayOptions, RayUnavailable, connect
+
+        try:
+            self._ray_owned = connect(self.opts.ray or RayOptions())
+        except RayUnavailable as exc:
+            self._say(f"[setup error] {exc}")
+            return False
+        return True
 
     def _tolerated(self, sid: str) -> bool:
         """A failure (or a skip) that does not fail the run: the step, or the upstream that blocked it, is optional."""
@@ -271,7 +295,7 @@ class Runner:
     def _options_dict(self) -> dict[str, Any]:
         return {"force": sorted(self.opts.force), "only": sorted(self.opts.only), "until": sorted(self.opts.until),
                 "dry_run": self.opts.dry_run, "explain": self.opts.explain, "jobs": self.opts.jobs,
-                "gpus": [g.index for g in self.slots.gpus] if self.slots else None}
+                "gpus": [g.index for g in self.slots.gpus] if self.slots else None, "executor": self.opts.executor}
 
     def _write_trace(self, exit_code: int, status: str, wall_s: float) -> None:
         report.write_trace(self.wd.trace, {
