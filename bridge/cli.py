@@ -51,7 +51,7 @@ def _gpus(spec: str | None):
 
 
 def _validate(opts: argparse.Namespace) -> int:
-    loaded, code = _load_manifest(opts.manifest, opts.json, opts.param)
+    loaded, code = _load_manifest(opts.manifest, opts.json, param_overrides(opts))
     if loaded is None:
         return code
     from .machine import resource_problems
@@ -82,7 +82,7 @@ def _run(opts: argparse.Namespace) -> int:
     from .runner import Runner, RunOptions
 
     events_stdout = opts.events == "-"
-    loaded, code = _load_manifest(opts.manifest, events_stdout, opts.param)
+    loaded, code = _load_manifest(opts.manifest, events_stdout, param_overrides(opts))
     if loaded is None:
         return code
     if opts.workdir:
@@ -144,8 +144,28 @@ PARAM_HELP = ("override the manifest's param NAME (repeatable); VALUE is read as
               "it is, a number, boolean, array or object as JSON")
 
 
+def _params_file(text: str) -> list[tuple[str, str]]:
+    """A JSON object of param overrides, as NAME=VALUE pairs (strings as they are, anything else as JSON)."""
+    try:
+        doc = json.loads(Path(text).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise argparse.ArgumentTypeError(f"cannot read params file {text!r}: {exc}") from None
+    if not isinstance(doc, dict):
+        raise argparse.ArgumentTypeError(f"params file {text!r} must hold a JSON object of NAME: VALUE")
+    return [(name, value if isinstance(value, str) else json.dumps(value)) for name, value in doc.items()]
+
+
 def _add_param_option(parser) -> None:
+    parser.add_argument("--params", action="append", default=[], type=_params_file, metavar="FILE",
+                        help="a JSON object of param overrides (repeatable; applied before --param)")
     parser.add_argument("--param", action="append", default=[], type=_param, metavar="NAME=VALUE", help=PARAM_HELP)
+
+
+def param_overrides(opts: argparse.Namespace) -> list[tuple[str, str]]:
+    """--params files in order, then --param: the later override of a name replaces the earlier one."""
+    merged = dict(pair for pairs in opts.params for pair in pairs)
+    merged.update(opts.param)
+    return list(merged.items())
 
 
 def _seconds(text: str) -> float:

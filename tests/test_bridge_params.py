@@ -100,6 +100,21 @@ def test_cli_param_option_exits_2_naming_the_param(tmp_path, capsys):
     assert info.value.code == 2
 
 
+def test_params_files_apply_in_order_before_param_options(tmp_path, capsys):
+    m = write_manifest(tmp_path, params_manifest(tmp_path / "log"))
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    first.write_text(json.dumps({"width": 720}), encoding="utf-8")
+    second.write_text(json.dumps({"width": "wide"}), encoding="utf-8")
+    assert main(["validate", str(m), "--params", str(first)]) == 0
+    assert main(["validate", str(m), "--params", str(first), "--params", str(second)]) == 2  # the later file wins
+    assert "--param width" in capsys.readouterr().err
+    assert main(["validate", str(m), "--params", str(second), "--param", "width=640"]) == 0  # --param wins
+    (tmp_path / "list.json").write_text("[1]", encoding="utf-8")
+    with pytest.raises(SystemExit) as info:
+        main(["validate", str(m), "--params", str(tmp_path / "list.json")])
+    assert info.value.code == 2 and "JSON object" in capsys.readouterr().err
+
+
 def test_a_changed_param_reruns_only_the_steps_whose_args_change(tmp_path):
     schemas, log, work = schema_dir(tmp_path), tmp_path / "jobs.log", tmp_path / "t.work"
     m = write_manifest(tmp_path, params_manifest(log))
