@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from . import fanout, refs
+from .gate import Gate
 from .jsondoc import MAX_NESTING, loads_strict, shape_problems
 from .manifest_checks import Problem, structure_problems, topological_order
 from .resources import Fallback, Resources
@@ -99,6 +100,8 @@ class Step(BaseModel):
     )
     resources: Resources | None = Field(default=None, description="What one attempt needs (slots, GPUs, memory).")
     fallback: Fallback | None = Field(default=None, description="`cpu`: without GPUs, a GPU step runs on CPU.")
+    gate: Gate | None = Field(default=None, description="A quality gate on this foreach step's items: a failing "
+                              "item has the item it checked (of `regenerates`) made again, with a varied arg.")
 
     def retry_policy(self, defaults: Defaults) -> RetryPolicy:
         base = defaults.retry.model_dump()
@@ -146,6 +149,7 @@ class LoadedManifest:
     deps: dict[str, list[str]]  # step -> direct dependencies (needs + references), in manifest order
     steps: dict[str, Step] = field(default_factory=dict)
     stream_from: dict[str, str] = field(default_factory=dict)  # foreach step -> the foreach step it streams from
+    gated_by: dict[str, str] = field(default_factory=dict)  # foreach step -> the step whose gate regenerates it
 
     def worker_argv(self, worker: str) -> list[str]:
         """The argv prefix of a worker. A relative program path (`./w.py`, `sub/w.py`) is made absolute against
@@ -241,12 +245,14 @@ def check_document(doc: Any, manifest_path: Path, schemas: SchemaStore | None = 
     stream_from = {s.id: src for s in manifest.steps  # `needs: [A]` asks for all of A: no streaming then
                    if (src := fanout.stream_source(s.foreach, with_foreach, s.args)) is not None
                    and src not in s.needs}
+    gated_by = {s.gate.regenerates: s.id for s in manifest.steps if s.gate is not None}
     order = topological_order([s.id for s in manifest.steps], deps)
     base_dir = manifest_path.resolve().parent
     workdir = Path(os.path.expanduser(manifest.workdir)) if manifest.workdir else Path(f"{manifest.name}.work")
     workdir = workdir if workdir.is_absolute() else base_dir / workdir
     return LoadedManifest(manifest=manifest, path=manifest_path.resolve(), base_dir=base_dir, workdir=workdir,
-                          order=order, deps=deps, steps=steps, stream_from=stream_from)
+                          order=order, deps=deps, steps=steps, stream_from=stream_from,
+                          gated_by=gated_by)
 
 
 def load(path: str | os.PathLike[str], schemas: SchemaStore | None = None) -> LoadedManifest:

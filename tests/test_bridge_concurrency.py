@@ -176,7 +176,7 @@ def test_a_newer_state_format_is_refused(tmp_path, schemas):
     db.commit()
     db.close()
     code, out, _ = run_runner(m, schemas)
-    assert code == EXIT_INVALID and "format 9, newer than this runner's 2" in out
+    assert code == EXIT_INVALID and "format 9, newer than this runner's 3" in out
 
 
 def test_ten_items_share_one_warm_process_and_one_model_load(tmp_path, schemas):
