@@ -68,9 +68,10 @@ class GateKeeper:
         if passed:
             self._final(target, item, rule, regeneration, base, gate.PASSED, entry)
             return False
+        again = regeneration < rule.max_regenerations and not self.co.ctx.cancel.is_set()
         self.co.ctx.events.emit("gate_failed", step=check, item=item, regenerates=target,
-                                regeneration=regeneration, value=value, score=score)
-        if regeneration < rule.max_regenerations and not self.co.ctx.cancel.is_set():
+                                regeneration=regeneration, value=value, score=score, will_regenerate=again)
+        if again:
             self._regenerate(check, target, item, regeneration + 1, base, entry)
             return True
         self._final(target, item, rule, regeneration, base, gate.EXHAUSTED, entry)

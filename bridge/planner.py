@@ -35,7 +35,6 @@ class Decision:
     kind: str | None = None  # for `fail`: worker_unavailable | invalid_reference | input_unreadable
     exit_code: int | None = None  # for `fail`: the exit code of a failed `--describe`
     item: int = WHOLE_STEP
-    regeneration: int = 0  # an item a quality gate regenerates: which candidate (0: the first)
 
     @property
     def label(self) -> str:
@@ -109,8 +108,7 @@ class Planner:
         key = cachekey.key_of(parts)
         rec = self.state.step(sid, item)
         d = self._against_record(sid, rec, Decision(sid, Action.RUN, "", key=key, components=parts, args=args,
-                                                    identity=identity, record=rec, item=item,
-                                                    regeneration=regeneration))
+                                                    identity=identity, record=rec, item=item))
         if regeneration:
             vary = self.m.steps[self.m.gated_by[sid]].gate.vary
             d.reason += f" [gate regeneration {regeneration}: {vary.arg} {vary.add * regeneration:+d}]"

@@ -194,3 +194,17 @@ def test_a_vary_arg_resolved_to_a_non_integer_fails_the_item_at_run_time(tmp_pat
     error = trace(work)["steps"]["keyframes"]["items"][0]["error"]
     assert error["kind"] == "invalid_reference" and "prompts.0.prompt" in error["message"]
     assert not log.exists()
+
+
+def test_pass_and_score_are_checked_against_the_gate_workers_result_schema(tmp_path, capsys):
+    rule = {"pass": "all_matches", "score": "items.0.score", "regenerates": "keyframes",
+            "vary": {"arg": "prompts.0.seed", "add": 1000}}
+    doc = {"version": 1, "name": "t", "steps": [
+        {"id": "keyframes", "worker": "sdxl", "foreach": "${steps.scenes.result.items}",
+         "args": {"model": "m", "prompts": [{"prompt": "${item}", "seed": 7}]}},
+        {"id": "scenes", "worker": "gate_list", "args": {}},
+        {"id": "checks", "worker": "vision", "foreach": "${steps.keyframes.result}", "gate": rule,
+         "args": {"model": "v", "task": "validate", "images": [{"path": "${item.images.0.path}"}]}}]}
+    assert validate_json(tmp_path, doc, capsys) == [("$.steps[2].gate.pass", "unknown_result_path")]
+    rule["pass"] = "all_match"
+    assert main(["validate", str(write_manifest(tmp_path, doc))]) == 0
