@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from . import fanout, refs
-from .gate import Gate
+from .gate import Gate, waits_on_whole
 from .jsondoc import MAX_NESTING, loads_strict, shape_problems
 from .manifest_checks import Problem, structure_problems, topological_order
 from .resources import Fallback, Resources
@@ -246,6 +246,12 @@ def check_document(doc: Any, manifest_path: Path, schemas: SchemaStore | None = 
                    if (src := fanout.stream_source(s.foreach, with_foreach, s.args)) is not None
                    and src not in s.needs}
     gated_by = {s.gate.regenerates: s.id for s in manifest.steps if s.gate is not None}
+    problems = [Problem(f"$.steps[{i}].gate.regenerates", f"the gate step depends on '{dep}', which needs all of "
+                        f"'{s.gate.regenerates}': it would wait for its own verdicts", "gate_waits_on_itself")
+                for i, s in enumerate(manifest.steps)
+                if s.gate is not None and (dep := waits_on_whole(s.id, s.gate.regenerates, deps))]
+    if problems:
+        raise ManifestInvalid(problems, str(manifest_path))
     order = topological_order([s.id for s in manifest.steps], deps)
     base_dir = manifest_path.resolve().parent
     workdir = Path(os.path.expanduser(manifest.workdir)) if manifest.workdir else Path(f"{manifest.name}.work")

@@ -183,6 +183,13 @@ def test_validation_names_every_gate_problem(tmp_path, capsys):
     ]
     doc = story(tmp_path / "jobs.log", gate={"vary": {"arg": "role"}})  # a literal that is not an integer
     assert validate_json(tmp_path, doc, capsys) == [("$.steps[2].gate.vary.arg", "gate_vary_arg")]
+    doc = story(tmp_path / "jobs.log")
+    doc["steps"][2]["args"]["all"] = "${steps.all.result}"  # `all` needs every keyframe: every verdict
+    assert validate_json(tmp_path, doc, capsys) == [("$.steps[2].gate.regenerates", "gate_waits_on_itself")]
+    doc = story(tmp_path / "jobs.log")
+    doc["steps"].append({"id": "again", "worker": "gate", "foreach": "${steps.checks.result}",
+                         "gate": {**doc["steps"][2]["gate"], "regenerates": "checks", "vary": {"arg": "tag"}}})
+    assert validate_json(tmp_path, doc, capsys) == [("$.steps[5].gate.regenerates", "gate_chain")]
 
 
 def test_a_vary_arg_resolved_to_a_non_integer_fails_the_item_at_run_time(tmp_path, schemas):
