@@ -103,6 +103,12 @@ def describe(check_step: str, gate: Gate) -> str:
             f"r = 1..{gate.max_regenerations}; when exhausted: {gate.on_exhausted}")
 
 
+def plan_lines(gated_by: dict[str, str], steps: dict[str, Any], selected: list[str]) -> list[tuple[str, str, str]]:
+    """(gate step, regenerated step, what it would do) for each gate whose two steps are selected."""
+    return [(check, target, describe(check, steps[check].gate))
+            for target, check in gated_by.items() if target in selected and check in selected]
+
+
 # static checks (`validate`) ------------------------------------------------------------------------------------
 def gate_problems(steps: list[tuple[int, dict]], schemas: SchemaStore) -> list[tuple[str, str, str]]:
     """(json path, message, type) for every gate of the raw manifest's steps."""

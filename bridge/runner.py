@@ -219,7 +219,7 @@ class Runner:
         if self.display is not None:
             self.display.expect(len(selected))
         if self.opts.explain:
-            for _, _, line in self._gate_lines(selected):
+            for _, _, line in gate.plan_lines(self.m.gated_by, self.m.steps, selected):
                 self._say(f"gate    {line}")
         self.coordinator.run(selected)
         if self.cancel.is_set():
@@ -272,15 +272,11 @@ class Runner:
 
     def _plan_gates(self, selected: list[str]) -> None:
         """What each quality gate would do (its verdicts need the check results, so a dry run only says how)."""
-        for check, target, line in self._gate_lines(selected):
+        for check, target, line in gate.plan_lines(self.m.gated_by, self.m.steps, selected):
             self._say(f"gate    {line}")
             if self.events_mirror:
                 self.events_mirror.write(json.dumps({"event": "plan", "step": check, "action": "gate",
                                                      "regenerates": target, "reason": line}) + "\n")
-
-    def _gate_lines(self, selected: list[str]) -> list[tuple[str, str, str]]:
-        return [(check, target, gate.describe(check, self.m.steps[check].gate))
-                for target, check in self.m.gated_by.items() if target in selected and check in selected]
 
     # -------------------------------------------------------------------------------------- reporting
     def _options_dict(self) -> dict[str, Any]:

@@ -142,7 +142,7 @@ def test_a_format1_workdir_is_migrated_and_resumes(tmp_path, schemas):
     assert code == EXIT_OK, out
     assert "skip    a: up to date" in out and "skip    b: up to date" in out
     db = sqlite3.connect(db_path)
-    assert db.execute("SELECT value FROM meta WHERE key='format'").fetchone() == ("2",)
+    assert db.execute("SELECT value FROM meta WHERE key='format'").fetchone() == ("3",)
     assert db.execute("SELECT step_id, item FROM steps ORDER BY step_id").fetchall() == [("a", -1), ("b", -1)]
 
 

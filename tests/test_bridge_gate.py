@@ -215,3 +215,21 @@ def test_pass_and_score_are_checked_against_the_gate_workers_result_schema(tmp_p
     assert validate_json(tmp_path, doc, capsys) == [("$.steps[2].gate.pass", "unknown_result_path")]
     rule["pass"] = "all_match"
     assert main(["validate", str(write_manifest(tmp_path, doc))]) == 0
+
+
+def test_a_format2_workdir_gains_the_gate_column_and_resumes(tmp_path, schemas):
+    import sqlite3
+
+    log, work = tmp_path / "jobs.log", tmp_path / "t.work"
+    doc = story(log)
+    doc["steps"][2].pop("gate")  # made before gates existed
+    m = write_manifest(tmp_path, doc)
+    assert run_runner(m, schemas)[0] == EXIT_OK
+    db = sqlite3.connect(work / ".bridge" / "state.db")
+    db.executescript("ALTER TABLE steps DROP COLUMN gate; UPDATE meta SET value='2' WHERE key='format';")
+    db.close()
+    log.unlink()
+    code, out, _ = run_runner(m, schemas)
+    assert code == EXIT_OK and not log.exists(), out
+    assert rows(work, "SELECT value FROM meta WHERE key='format'") == [("3",)]
+    assert rows(work, "SELECT count(gate) FROM steps") == [(0,)]
