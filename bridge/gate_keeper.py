@@ -124,5 +124,6 @@ class GateKeeper:
             history = [h for h in history if h.get("regeneration") != entry["regeneration"]] + [entry]
         record = {"base": base, "regeneration": regeneration, "step": check, "verdict": verdict,
                   "history": sorted(history, key=lambda h: h.get("regeneration", 0))}
-        self.co.ctx.state.set_gate_record(target, item, record)
+        if record != old:  # a resumed run that reaches the same verdicts writes nothing
+            self.co.ctx.state.set_gate_record(target, item, record)
         return record
