@@ -27,12 +27,12 @@ def _schema(opts: argparse.Namespace) -> int:
     return 0
 
 
-def _load_manifest(path: str, as_json: bool):
+def _load_manifest(path: str, as_json: bool, overrides: list[tuple[str, str]]):
     """(LoadedManifest, None) or (None, exit code) after reporting every problem."""
     from .manifest import ManifestInvalid, load
 
     try:
-        return load(path), None
+        return load(path, overrides=overrides), None
     except ManifestInvalid as exc:
         if as_json:
             print(json.dumps({"ok": False, "manifest": exc.source, "errors": [p.as_dict() for p in exc.problems]},
@@ -51,7 +51,7 @@ def _gpus(spec: str | None):
 
 
 def _validate(opts: argparse.Namespace) -> int:
-    loaded, code = _load_manifest(opts.manifest, opts.json)
+    loaded, code = _load_manifest(opts.manifest, opts.json, opts.param)
     if loaded is None:
         return code
     from .machine import resource_problems
@@ -82,7 +82,7 @@ def _run(opts: argparse.Namespace) -> int:
     from .runner import Runner, RunOptions
 
     events_stdout = opts.events == "-"
-    loaded, code = _load_manifest(opts.manifest, events_stdout)
+    loaded, code = _load_manifest(opts.manifest, events_stdout, opts.param)
     if loaded is None:
         return code
     if opts.workdir:
@@ -123,6 +123,23 @@ def _gpu_spec(text: str) -> str:
     return text
 
 
+def _param(text: str) -> tuple[str, str]:
+    from .params import split_assignment
+
+    try:
+        return split_assignment(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+PARAM_HELP = ("override the manifest's param NAME (repeatable); VALUE is read as the default's type: a string as "
+              "it is, a number, boolean, array or object as JSON")
+
+
+def _add_param_option(parser) -> None:
+    parser.add_argument("--param", action="append", default=[], type=_param, metavar="NAME=VALUE", help=PARAM_HELP)
+
+
 def _seconds(text: str) -> float:
     value = float(text)
     if not (math.isfinite(value) and value >= 0):
@@ -151,6 +168,7 @@ def _add_validate(sub) -> None:
     validate.add_argument("manifest")
     validate.add_argument("--json", action="store_true", help="print the result as one JSON document")
     validate.add_argument("--gpus", metavar="SPEC", type=_gpu_spec, help=GPUS_HELP)
+    _add_param_option(validate)
     validate.set_defaults(func=_validate)
 
 
@@ -170,6 +188,7 @@ def _add_run(sub) -> None:
     run.add_argument("--events", metavar="-", choices=["-"],
                      help="'-': also write the JSON-lines events to stdout (the human output goes to stderr)")
     run.add_argument("--workdir", help="override the manifest's workdir")
+    _add_param_option(run)
     run.add_argument("--jobs", "-j", type=_positive_int, metavar="N",
                      help="run up to N steps (or items) at once (default: the CPU count)")
     run.add_argument("--gpus", metavar="SPEC", type=_gpu_spec, help=GPUS_HELP)

@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from . import safefs
+
 EXIT_FAILED = 1  # clean: something could not be removed
 EXIT_INVALID = 2
 EXIT_LOCKED = 3
@@ -111,27 +113,53 @@ def _workdir_of(target: str) -> Path | None:
 
 
 def report(opts: argparse.Namespace) -> int:
-    """The last run's trace (`trace.json`) as a table, and where the workdir's bytes are."""
+    """The last run's trace (`trace.json`) as a table, where the workdir's bytes are, and the HTML report."""
     root = _workdir_of(opts.target)
     if root is None:
         return EXIT_INVALID
-    trace_file = root / "trace.json"
-    if not trace_file.is_file():
-        print(f"no run recorded in {root} (no trace.json)", file=sys.stderr)
+    trace_file, events_file = root / "trace.json", root / "events.jsonl"
+    if not trace_file.is_file() and not events_file.is_file():
+        print(f"no run recorded in {root} (no trace.json, no events.jsonl)", file=sys.stderr)
         return EXIT_INVALID
-    doc: dict[str, Any] = json.loads(trace_file.read_text("utf-8"))
+    html = _write_html(opts, root)
+    if html is False:
+        return EXIT_INVALID
+    doc: dict[str, Any] = json.loads(trace_file.read_text("utf-8")) if trace_file.is_file() else {}
     disk = _disk_use(root)
     if opts.json:
-        print(json.dumps({**doc, "disk_bytes": disk}, ensure_ascii=False))
+        print(json.dumps({**doc, "disk_bytes": disk, "html": html and str(html)}, ensure_ascii=False))
         return 0
-    rows = [[sid, s["status"], str(len(s.get("attempts", []))), f"{s.get('wall_s', 0):.2f}",
-             str((s.get("error") or {}).get("message") or s.get("reason", ""))[:160]]
-            for sid, s in doc.get("steps", {}).items()]
-    _table(f"run {doc.get('run_id')}: {doc.get('status')} (exit {doc.get('exit_code')}, {doc.get('wall_s')} s)",
-           ["step", "status", "attempts", "wall s", "why"], rows)
+    if doc:
+        rows = [[sid, s["status"], str(len(s.get("attempts", []))), f"{s.get('wall_s', 0):.2f}",
+                 str((s.get("error") or {}).get("message") or s.get("reason", ""))[:160]]
+                for sid, s in doc.get("steps", {}).items()]
+        _table(f"run {doc.get('run_id')}: {doc.get('status')} (exit {doc.get('exit_code')}, {doc.get('wall_s')} s)",
+               ["step", "status", "attempts", "wall s", "why"], rows)
+    else:
+        print(f"no trace.json in {root}: the runner did not finish its last run (see events.jsonl)")
     print("disk: " + ", ".join(f"{name} {format_bytes(n)}" for name, n in disk.items())
           + f"  (storybridge clean {root} --dry-run shows what can go)")
+    if html:
+        print(f"report: {html}")
     return 0
+
+
+def _write_html(opts: argparse.Namespace, root: Path) -> Path | None | bool:
+    """The HTML report's path; None with --no-html; False when it could not be written (said on stderr)."""
+    if opts.no_html:
+        return None
+    from .report_html import UnknownRun, write_report
+
+    out = Path(opts.html).absolute() if opts.html else root / "report.html"
+    try:
+        write_report(root, out, opts.run)
+    except UnknownRun as exc:
+        print(str(exc), file=sys.stderr)
+        return False
+    except (OSError, safefs.UnsafePath) as exc:
+        print(f"cannot write the HTML report {out}: {exc}", file=sys.stderr)
+        return False
+    return out
 
 
 def _disk_use(root: Path) -> dict[str, int]:

@@ -10,7 +10,7 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from . import refs, safefs
+from . import fanout, refs, safefs
 from .item_reuse import ItemReuse
 from .report import StepTrace
 from .states import Action, State, unit_label
@@ -24,7 +24,9 @@ class ForeachSteps:
         self.co = coordinator
         self.chosen: set[str] = set()
         self.counts: dict[str, int] = {}
-        self.values: dict[str, list[Any]] = {}  # the list of a step that does not stream
+        self.values: dict[str, list[Any]] = {}  # the items of a step that does not stream
+        # a streaming step: the name of its streamed list, and its other lists (a zipped step's), resolved
+        self.streamed: dict[str, tuple[str, dict[str, list[Any]]]] = {}
         self.expanded_at: dict[str, float] = {}
         self.reuse = ItemReuse(coordinator.ctx.wd, coordinator.ctx.state)
 
@@ -33,7 +35,9 @@ class ForeachSteps:
         source = self.co.ctx.m.stream_from.get(sid)
         if source is None:
             return self.values[sid][item]
-        return self.co.planner.item_results.get(unit_label(source, item))
+        name, others = self.streamed[sid]
+        upstream = self.co.planner.item_results.get(unit_label(source, item))
+        return fanout.item_at(self.co.ctx.m.steps[sid].foreach, others, item, (name, upstream))
 
     def expand(self, sid: str) -> None:
         co, planner = self.co, self.co.planner
@@ -42,18 +46,14 @@ class ForeachSteps:
         if blocked is not None:
             self._settle_early(sid, blocked)
             return
-        if source is not None:
-            count = self.counts[source] if source in self.counts else len(planner.results.get(source) or [])
-        else:
-            try:
-                self.values[sid] = planner.foreach_list(sid)
-            except refs.RefError as exc:
-                from .planner import Decision
+        try:
+            count = self._list_items(sid, source)
+        except refs.RefError as exc:
+            from .planner import Decision
 
-                self._settle_early(sid, Decision(sid, Action.FAIL, f"reference cannot be resolved: {exc}",
-                                                 kind="invalid_reference"))
-                return
-            count = len(self.values[sid])
+            self._settle_early(sid, Decision(sid, Action.FAIL, f"reference cannot be resolved: {exc}",
+                                             kind="invalid_reference"))
+            return
         self._prepare_workdir(sid, count)
         self.counts[sid] = count
         self.expanded_at[sid] = time.monotonic()
@@ -65,6 +65,22 @@ class ForeachSteps:
         co.scheduler.add(("step", sid), [("item", sid, i) for i in range(count)] + co.gates.step_waits(sid, count),
                          co.priority(sid, count))
         co.scheduler.done(("expand", sid))  # a step streaming from this one can list its items now
+
+    def _list_items(self, sid: str, source: str | None) -> int:
+        """Resolve what `sid` runs over and return how many items; a streaming step knows its source's count
+        (and, zipped, resolves its other lists, which must have that length). Raises RefError."""
+        planner = self.co.planner
+        if source is None:
+            self.values[sid] = planner.foreach_list(sid)
+            return len(self.values[sid])
+        foreach = self.co.ctx.m.steps[sid].foreach
+        name = fanout.streamed_name(foreach, {source})  # the one list that is exactly `${steps.SOURCE.result}`
+        assert name is not None
+        others = fanout.resolve_lists(foreach, planner.results, skip=name)
+        count = self.counts[source] if source in self.counts else len(planner.results.get(source) or [])
+        count = fanout.common_length({n: count if n == name else len(others[n]) for n in fanout.list_refs(foreach)})
+        self.streamed[sid] = (name, others)
+        return count
 
     def _settle_early(self, sid: str, decision) -> None:
         """The step cannot even list its items (an upstream failed, or the list does not resolve)."""

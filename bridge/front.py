@@ -1,7 +1,7 @@
 """`storybridge`: the front door for people.
 
     storybridge run|validate|schema ...   the reference runner's commands (bridge.cli, unchanged)
-    storybridge report WORKDIR|MANIFEST   the last run's steps and the workdir's disk use
+    storybridge report WORKDIR|MANIFEST   the last run's steps, the workdir's disk use, an HTML report
     storybridge clean WORKDIR             remove what a resume never needs (bridge.retention)
     storybridge workers                   the installed workers, their devices and extras
     storybridge call WORKER -i K=V ...    run one worker job, as `python -m workers.WORKER`
@@ -42,9 +42,13 @@ def _add_clean(sub) -> None:
 
 
 def _add_report(sub) -> None:
-    p = sub.add_parser("report", help="the last run's steps and the workdir's disk use")
+    p = sub.add_parser("report", help="the last run's steps and the workdir's disk use; writes a self-contained "
+                       "HTML report (timeline, contact sheet, final video, per-step table)")
     p.add_argument("target", metavar="WORKDIR|MANIFEST")
     p.add_argument("--json", action="store_true", help="print trace.json and the disk use as one JSON document")
+    p.add_argument("--html", metavar="PATH", help="write the HTML report here (default: WORKDIR/report.html)")
+    p.add_argument("--no-html", action="store_true", help="do not write the HTML report")
+    p.add_argument("--run", metavar="RUN_ID", help="the run whose timeline the HTML report shows (default: the last)")
     p.set_defaults(func=commands.report)
 
 

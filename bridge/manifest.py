@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, StringConstraints, Tag, ValidationError
 
-from . import fanout, refs
+from . import fanout, params, refs
 from .gate import Gate, waits_on_whole
 from .jsondoc import MAX_NESTING, loads_strict, shape_problems
 from .manifest_checks import Problem, structure_problems, topological_order
@@ -33,6 +33,15 @@ PYTHON_TOKEN = "${python}"
 StepId = Annotated[str, StringConstraints(pattern=r"^" + refs.STEP_ID_PATTERN + r"$", max_length=100)]
 WorkerName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$", max_length=100)]
 ArgvItem = Annotated[str, StringConstraints(min_length=1)]
+ListRef = Annotated[str, StringConstraints(pattern=r"^\$\{steps\.")]
+ItemName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=100)]
+#: A plain foreach names one list; a zipped one, 1-8 named lists. Tagged so that errors name only the form given.
+Foreach = Annotated[
+    Annotated[ListRef, Tag("list")] | Annotated[dict[ItemName, ListRef], Field(min_length=1, max_length=8), Tag("zip")],
+    Discriminator(lambda value: "zip" if isinstance(value, dict) else "list"),
+]
+_FOREACH_TAGS = ("list", "zip")
+ParamName = Annotated[str, StringConstraints(pattern=r"^" + params.PARAM_NAME_PATTERN + r"$", max_length=100)]
 
 
 class RetryPolicy(BaseModel):
@@ -93,10 +102,12 @@ class Step(BaseModel):
         "file the worker writes). Their values still count as args.",
     )
     description: str | None = None
-    foreach: str | None = Field(
-        default=None, pattern=r"^\$\{steps\.",
+    foreach: Foreach | None = Field(
+        default=None,
         description="`${steps.ID.result.PATH}` naming a list: the step runs once per item, with `${item}`, "
-        "`${item.PATH}` and `${index}` in its args; each item is cached, retried and committed on its own.",
+        "`${item.PATH}` and `${index}` in its args; each item is cached, retried and committed on its own. "
+        "Zipped: an object of 1-8 names -> list references of one length; item i is an object of each "
+        "list's i-th element under its name (`${item.NAME.PATH}`).",
     )
     resources: Resources | None = Field(default=None, description="What one attempt needs (slots, GPUs, memory).")
     fallback: Fallback | None = Field(default=None, description="`cpu`: without GPUs, a GPU step runs on CPU.")
@@ -121,6 +132,12 @@ class Manifest(BaseModel):
     workdir: str | None = Field(default=None, description="Run directory; relative to the manifest. "
                                 "Default: `<name>.work` next to the manifest.")
     defaults: Defaults = Field(default_factory=Defaults)
+    params: dict[ParamName, Any] = Field(
+        default_factory=dict,
+        description="Param name -> default JSON value; `--param NAME=VALUE` overrides it (read as the default's "
+        "type). `${params.NAME}` in a step's `args` or `foreach` and in `workers` argv is replaced by the value "
+        "(a whole string becomes the typed value; in a longer string, a string or number is interpolated).",
+    )
     workers: dict[WorkerName, Annotated[list[ArgvItem], Field(min_length=1)]] = Field(
         default_factory=dict,
         description=f"Worker name -> argv prefix (the runner appends `--input ARGS.json`). `{PYTHON_TOKEN}` is the "
@@ -150,6 +167,7 @@ class LoadedManifest:
     steps: dict[str, Step] = field(default_factory=dict)
     stream_from: dict[str, str] = field(default_factory=dict)  # foreach step -> the foreach step it streams from
     gated_by: dict[str, str] = field(default_factory=dict)  # foreach step -> the step whose gate regenerates it
+    params: dict[str, Any] = field(default_factory=dict)  # the effective params (defaults with --param applied)
 
     def worker_argv(self, worker: str) -> list[str]:
         """The argv prefix of a worker. A relative program path (`./w.py`, `sub/w.py`) is made absolute against
@@ -191,7 +209,9 @@ def resolve_program(program: str, base_dir: Path) -> str:
 
 def _loc_path(loc: tuple[Any, ...]) -> str:
     path = "$"
-    for part in loc:
+    for i, part in enumerate(loc):
+        if i >= 2 and loc[i - 1] == "foreach" and isinstance(loc[i - 2], int) and part in _FOREACH_TAGS:
+            continue  # pydantic names the union member taken; the document has no such level
         path = refs.json_path(path, part if isinstance(part, int) else str(part))
     return path
 
@@ -226,10 +246,14 @@ def _schema_problems(doc: Any) -> tuple[Manifest | None, list[Problem]]:
         return None, [Problem("$", "document nested too deeply", "too_deep")]
 
 
-def check_document(doc: Any, manifest_path: Path, schemas: SchemaStore | None = None) -> LoadedManifest:
-    """Validate a parsed manifest document; raise ManifestInvalid listing every problem."""
+def check_document(doc: Any, manifest_path: Path, schemas: SchemaStore | None = None,
+                   overrides: list[tuple[str, str]] | None = None) -> LoadedManifest:
+    """Validate a parsed manifest document, its params resolved with `overrides` (`--param` NAME, VALUE pairs);
+    raise ManifestInvalid listing every problem."""
     schemas = schemas or SchemaStore()
     problems = [Problem(p.path, p.message, p.type) for p in shape_problems(doc)]
+    doc, values, param_problems = params.resolve_document(doc, overrides or [])  # iterative: any depth is safe
+    problems += param_problems
     manifest, schema_problems = _schema_problems(doc)
     problems += schema_problems + structure_problems(doc, schemas)
     if problems or manifest is None:
@@ -239,7 +263,7 @@ def check_document(doc: Any, manifest_path: Path, schemas: SchemaStore | None = 
     deps: dict[str, list[str]] = {}
     for s in manifest.steps:
         found, _ = refs.find(s.args, "$")
-        over = [refs.parse(s.foreach).step] if s.foreach else []
+        over = [ref.step for ref in fanout.list_refs(s.foreach).values()]
         deps[s.id] = list(dict.fromkeys(list(s.needs) + over + [r.step for _, r in found]))
     with_foreach = {s.id for s in manifest.steps if s.foreach}
     stream_from = {s.id: src for s in manifest.steps  # `needs: [A]` asks for all of A: no streaming then
@@ -257,10 +281,11 @@ def check_document(doc: Any, manifest_path: Path, schemas: SchemaStore | None = 
     workdir = Path(os.path.expanduser(manifest.workdir)) if manifest.workdir else Path(f"{manifest.name}.work")
     workdir = workdir if workdir.is_absolute() else base_dir / workdir
     return LoadedManifest(manifest=manifest, path=manifest_path.resolve(), base_dir=base_dir, workdir=workdir,
-                          order=order, deps=deps, steps=steps, stream_from=stream_from,
+                          order=order, deps=deps, steps=steps, stream_from=stream_from, params=values,
                           gated_by=gated_by)
 
 
-def load(path: str | os.PathLike[str], schemas: SchemaStore | None = None) -> LoadedManifest:
+def load(path: str | os.PathLike[str], schemas: SchemaStore | None = None,
+         overrides: list[tuple[str, str]] | None = None) -> LoadedManifest:
     manifest_path = Path(path)
-    return check_document(read_document(manifest_path), manifest_path, schemas)
+    return check_document(read_document(manifest_path), manifest_path, schemas, overrides)

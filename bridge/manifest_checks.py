@@ -31,11 +31,13 @@ class Problem:
 
 @dataclass
 class _Graph:
-    """What the checks learn about the steps: id -> index, id -> worker, id -> dependencies found so far."""
+    """What the checks learn about the steps: id -> index, id -> worker, id -> dependencies found so far, and
+    the foreach steps (whose result is the list of their item results)."""
 
     ids: dict[str, int]
     worker_of: dict[str, Any]
     edges: dict[str, list[str]]
+    foreach: set[str]
 
 
 def structure_problems(doc: Any, schemas: SchemaStore) -> list[Problem]:
@@ -45,7 +47,8 @@ def structure_problems(doc: Any, schemas: SchemaStore) -> list[Problem]:
     steps = [(i, s) for i, s in enumerate(doc["steps"]) if isinstance(s, dict)]
     ids, problems = _unique_ids(steps)
     graph = _Graph(ids=ids, worker_of={s["id"]: s.get("worker") for _, s in steps if isinstance(s.get("id"), str)},
-                   edges={sid: [] for sid in ids})
+                   edges={sid: [] for sid in ids},
+                   foreach={s["id"] for _, s in steps if isinstance(s.get("id"), str) and s.get("foreach")})
     workers = doc.get("workers") if isinstance(doc.get("workers"), dict) else {}
     for i, s in steps:
         sid = s.get("id") if isinstance(s.get("id"), str) else None
@@ -54,9 +57,14 @@ def structure_problems(doc: Any, schemas: SchemaStore) -> list[Problem]:
         problems += _needs_problems(s.get("needs"), sid, base, graph)
         if isinstance(s.get("args"), dict):
             problems += _args_problems(s["args"], sid, base, graph, schemas)
-            problems += [Problem(*p) for p in fanout.item_problems(s["args"], f"{base}.args", bool(s.get("foreach")))]
-        if isinstance(s.get("foreach"), str):
-            problems += _foreach_problems(s["foreach"], sid, base, graph)
+            problems += [Problem(*p) for p in fanout.item_problems(s["args"], f"{base}.args", s.get("foreach"))]
+        foreach = s.get("foreach")
+        if isinstance(foreach, str):
+            problems += _foreach_problems(foreach, sid, f"{base}.foreach", graph, schemas)
+        elif isinstance(foreach, dict):  # zipped: each list checked alike
+            for name, text in foreach.items():
+                if isinstance(text, str):
+                    problems += _foreach_problems(text, sid, refs.json_path(f"{base}.foreach", name), graph, schemas)
     problems += [Problem(*p) for p in gate_problems(steps, schemas)]
     for cycle in cycles(graph.edges):
         problems.append(Problem(f"$.steps[{ids[cycle[0]]}]", "dependency cycle: " + " -> ".join(cycle + [cycle[0]]),
@@ -119,13 +127,12 @@ def _args_problems(args: dict, sid: str | None, base: str, graph: _Graph, schema
         else:
             if sid in graph.edges:
                 graph.edges[sid].append(ref.step)
-            problems += _result_path_problems(where, ref, graph.worker_of.get(ref.step), schemas)
+            problems += _result_path_problems(where, ref, graph, schemas)
     return problems
 
 
-def _foreach_problems(text: str, sid: str | None, base: str, graph: _Graph) -> list[Problem]:
+def _foreach_problems(text: str, sid: str | None, where: str, graph: _Graph, schemas: SchemaStore) -> list[Problem]:
     ref = refs.parse(text)
-    where = f"{base}.foreach"
     if ref is None:
         return [Problem(where, f"{text[:120]!r} is not a reference `${{steps.ID.result.PATH}}`", "bad_reference")]
     if ref.step == sid:
@@ -134,12 +141,21 @@ def _foreach_problems(text: str, sid: str | None, base: str, graph: _Graph) -> l
         return [Problem(where, f"{ref.text}: unknown step '{ref.step}'", "unknown_step")]
     if sid in graph.edges:
         graph.edges[sid].append(ref.step)
-    return []
+    return _result_path_problems(where, ref, graph, schemas)
 
 
-def _result_path_problems(where: str, ref: refs.Reference, producer: Any, schemas: SchemaStore) -> list[Problem]:
+def _result_path_problems(where: str, ref: refs.Reference, graph: _Graph, schemas: SchemaStore) -> list[Problem]:
+    producer = graph.worker_of.get(ref.step)
     schema = schemas.result_schema(producer) if isinstance(producer, str) else None
-    why = path_in_schema(schema, ref.path) if schema is not None else None
+    if schema is None:
+        return []
+    path = ref.path
+    if ref.step in graph.foreach:  # a list of item results: the first segment picks items, the rest is in one
+        if path and not (isinstance(path[0], int) or path[0] == refs.WILDCARD):
+            return [Problem(where, f"{ref.text}: '{ref.step}' is a foreach step, its result is the list of its item "
+                            f"results: index it (`.0`) or map over it (`.*`), not '.{path[0]}'", "unknown_result_path")]
+        path = path[1:]
+    why = path_in_schema(schema, path)
     return [Problem(where, f"{ref.text}: {producer} results have {why}", "unknown_result_path")] if why else []
 
 

@@ -96,8 +96,9 @@ class Planner:
             args = fanout.resolve_args(step.args, self.results, item_value,
                                        None if item == WHOLE_STEP else item)
             args, regeneration = self._regenerated(sid, item, args)
-            list_only = self._list_only_source(sid) if item != WHOLE_STEP else None
-            upstream = {d: self.keys[d] for d in deps if d in self.keys and d != list_only}
+            list_only = self._list_only_sources(sid) if item != WHOLE_STEP else set()
+            upstream = {self._upstream_name(sid, d, item): self.keys[d]
+                        for d in deps if d in self.keys and d not in list_only}
             parts = cachekey.components(identity, args, self.m.base_dir, upstream, self.state,
                                         step.ignore_input_files)
         except refs.RefError as exc:
@@ -127,25 +128,28 @@ class Planner:
         self.variations[unit_label(sid, item)] = (regeneration, base)
         return gate.varied(rule, args, regeneration), regeneration
 
-    def _list_only_source(self, sid: str) -> str | None:
-        """The step a foreach step's list comes from, when nothing else in the step uses it: an item's key then
-        counts its own item (in its args), not the whole list, so a changed item redoes only itself."""
-        ref = refs.parse(self.m.steps[sid].foreach or "")
+    def _upstream_name(self, sid: str, dep: str, item: int) -> str:
+        """How a key names a dependency: the upstream item a streaming item follows is `A[item]`, without its
+        index, so an item whose upstream item moved (was reused at another index) keeps its key and is reused."""
+        source = self.m.stream_from.get(sid)
+        if source is not None and item != WHOLE_STEP and dep == unit_label(source, item):
+            return f"{source}[item]"
+        return dep
+
+    def _list_only_sources(self, sid: str) -> set[str]:
+        """The steps a foreach step's lists come from, when nothing else in the step uses them: an item's key then
+        counts its own item (in its args), not the whole lists, so a changed item redoes only itself."""
         step = self.m.steps[sid]
-        if ref is None or ref.step in step.needs or any(r.step == ref.step for _, r in refs.find(step.args, "$")[0]):
-            return None
-        return ref.step
+        used = set(step.needs) | {r.step for _, r in refs.find(step.args, "$")[0]}
+        return {ref.step for ref in fanout.list_refs(step.foreach).values()} - used
 
     def foreach_list(self, sid: str) -> list[Any]:
-        """The list a foreach step runs over (its upstream is settled). Raises RefError."""
-        ref = refs.parse(self.m.steps[sid].foreach or "")
-        assert ref is not None
-        if ref.step not in self.results:
-            raise refs.RefError(f"{ref.text}: step '{ref.step}' has no committed result")
-        value = refs.lookup(self.results[ref.step], ref)
-        if not isinstance(value, list):
-            raise refs.RefError(f"{ref.text}: foreach needs a list, got {type(value).__name__}")
-        return value
+        """The items a foreach step runs over (its upstream is settled): its list's elements, or for a zipped
+        step one object per position. Raises RefError (also when zipped lists differ in length)."""
+        foreach = self.m.steps[sid].foreach
+        lists = fanout.resolve_lists(foreach, self.results)
+        count = fanout.common_length({name: len(lst) for name, lst in lists.items()})
+        return [fanout.item_at(foreach, lists, i) for i in range(count)]
 
     def _against_record(self, sid: str, rec: StepRecord | None, d: Decision) -> Decision:
         """The reason to run (or to skip), comparing the new key with the committed record."""

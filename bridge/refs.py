@@ -1,8 +1,9 @@
 """`${steps.ID.result.PATH}` references: find them in step args, and resolve them against results.
 
 A reference is a string that is *exactly* one reference; it is replaced by the JSON value found at PATH
-(any type). PATH is dotted; a segment made of digits indexes a list. `${steps.ID.result}` is the whole
-result. A string that merely contains `${steps.` is an error (no string interpolation).
+(any type). PATH is dotted; a segment made of digits indexes a list, and a `*` segment maps the rest of the
+path over a list, giving a list. `${steps.ID.result}` is the whole result. A string that merely contains
+`${steps.` is an error (no string interpolation).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import Any
 STEP_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_-]*"
 REF_RE = re.compile(r"^\$\{steps\.(" + STEP_ID_PATTERN + r")\.result((?:\.[^.${}]+)*)\}$")
 REF_MARKER = "${steps."
+#: A path segment that maps the rest of the path over a list: `${steps.clips.result.*.path}`.
+WILDCARD = "*"
 
 
 @dataclass(frozen=True)
@@ -78,9 +81,20 @@ def find(value: Any, path: str) -> tuple[list[tuple[str, Reference]], list[tuple
 
 
 def lookup(result: Any, ref: Reference) -> Any:
-    value = result
-    for i, seg in enumerate(ref.path):
-        here = ".".join(str(p) for p in ref.path[: i + 1])
+    """The value at `ref.path` in `result` (a copy). A `*` segment maps the rest of the path over a list."""
+    return copy_json(_descend(result, ref, 0, ()))
+
+
+def _descend(value: Any, ref: Reference, start: int, seen: tuple[str | int, ...]) -> Any:
+    for i in range(start, len(ref.path)):
+        seg = ref.path[i]
+        here = ".".join(str(p) for p in (*seen, *ref.path[start:i + 1]))
+        if seg == WILDCARD:
+            if not isinstance(value, list):
+                raise RefError(f"{ref.text}: '*' needs a list at '{here}', got {type(value).__name__}")
+            prefix = (*seen, *ref.path[start:i])
+            # recursion depth is bounded by the number of `*` segments in the path, not by the data
+            return [_descend(v, ref, i + 1, (*prefix, n)) for n, v in enumerate(value)]
         if isinstance(value, dict):
             if str(seg) not in value:
                 raise RefError(f"{ref.text}: result of step '{ref.step}' has no field '{here}'")
@@ -93,7 +107,7 @@ def lookup(result: Any, ref: Reference) -> Any:
             value = value[seg]
         else:
             raise RefError(f"{ref.text}: cannot descend into {type(value).__name__} at '{here}'")
-    return copy_json(value)
+    return value
 
 
 def map_strings(value: Any, convert: Callable[[str], Any]) -> Any:

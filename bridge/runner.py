@@ -185,7 +185,8 @@ class Runner:
         self._recover_previous_run()
         self._clean_scratch()
         self.events.emit("run_start", manifest=str(self.m.path), workdir=str(self.workdir),
-                         steps=list(self.m.order), options=self._options_dict(), pid=os.getpid())
+                         steps=list(self.m.order), options=self._options_dict(), params=self.m.params,
+                         pid=os.getpid())
         try:
             selected = self._select()
         except SelectionError as exc:
@@ -287,7 +288,7 @@ class Runner:
     def _write_trace(self, exit_code: int, status: str, wall_s: float) -> None:
         report.write_trace(self.wd.trace, {
             "run_id": self.run_id, "manifest": str(self.m.path), "workdir": str(self.workdir),
-            "exit_code": exit_code, "status": status, "wall_s": round(wall_s, 3),
+            "params": self.m.params, "exit_code": exit_code, "status": status, "wall_s": round(wall_s, 3),
             "workers": {w: (i.as_dict() if isinstance(i, WorkerIdentity) else {"error": str(i)})
                         for w, i in (self.planner.identities.items() if self.planner else ())},
             "steps": {sid: t.as_dict() for sid, t in self.trace.items()},

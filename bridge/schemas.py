@@ -9,6 +9,8 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
+from .refs import WILDCARD
+
 #: Overrides where the committed schemas are read from (default: the repository's `schemas/`).
 SCHEMA_DIR_ENV = "STORYBRIDGE_SCHEMA_DIR"
 DEFAULT_SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
@@ -95,7 +97,15 @@ def path_in_schema(schema: dict, path: tuple[str | int, ...]) -> str | None:
         seg, tail = rest[0], rest[1:]
         here = f"{where}.{seg}" if where else str(seg)
         kind = node.get("type")
-        if isinstance(seg, int) and (kind == "array" or "items" in node or "prefixItems" in node):
+        is_array = "array" in (kind if isinstance(kind, list) else [kind]) or "items" in node or "prefixItems" in node
+        if seg == WILDCARD:  # maps the rest over every item: an array is needed here
+            if is_array:
+                items = node.get("items")
+                return check(items if isinstance(items, dict) else {}, tail, here)
+            if kind is not None or "properties" in node:
+                return f"'{where or 'result'}' is {kind or 'object'}, not an array: '*' needs an array there"
+            return None
+        if isinstance(seg, int) and is_array:
             prefix = node.get("prefixItems")
             if isinstance(prefix, list) and seg < len(prefix):
                 return check(prefix[seg], tail, here)

@@ -50,8 +50,8 @@ def bare_manifest(steps: list[dict[str, Any]], *, name: str = "t", max_attempts:
             "steps": steps, **extra}
 
 
-def run_runner(manifest: Path, schemas: Path, **opts: Any):
-    """Run a manifest in this process: (exit code, console text, Runner)."""
+def run_runner(manifest: Path, schemas: Path, overrides: list[tuple[str, str]] | None = None, **opts: Any):
+    """Run a manifest in this process (`overrides`: `--param` NAME, VALUE pairs): (exit code, console, Runner)."""
     import io
 
     from bridge.manifest import load
@@ -60,7 +60,7 @@ def run_runner(manifest: Path, schemas: Path, **opts: Any):
 
     out = io.StringIO()
     store = SchemaStore(schemas)
-    runner = Runner(load(manifest, store), RunOptions(**opts), schemas=store, console=out)
+    runner = Runner(load(manifest, store, overrides), RunOptions(**opts), schemas=store, console=out)
     return runner.run(), out.getvalue(), runner
 
 

@@ -100,6 +100,49 @@ def test_path_in_schema_and_refs():
         refs.resolve("${steps.s1.result.x.5}", {"s1": {"x": []}})
 
 
+def test_a_star_segment_maps_the_rest_of_the_path_over_a_list():
+    result = {"clips": [{"path": "a.mp4", "tags": [{"n": 1}]}, {"path": "b.mp4", "tags": [{"n": 2}, {"n": 3}]}]}
+    assert refs.resolve("${steps.s.result.clips.*.path}", {"s": result}) == ["a.mp4", "b.mp4"]
+    assert refs.resolve("${steps.s.result.clips.*.tags.*.n}", {"s": result}) == [[1], [2, 3]]
+    assert refs.resolve("${steps.s.result.*.path}", {"s": result["clips"]}) == ["a.mp4", "b.mp4"]  # a foreach's list
+    assert refs.resolve("${steps.s.result.*}", {"s": []}) == []
+    with pytest.raises(refs.RefError, match="'\\*' needs a list at 'clips.0.path.\\*', got str"):
+        refs.resolve("${steps.s.result.clips.*.path.*}", {"s": result})
+    with pytest.raises(refs.RefError, match="has no field 'clips.1.tags.0.m'"):  # names the item that lacks it
+        refs.resolve("${steps.s.result.clips.*.tags.*.m}", {"s": {"clips": [{"tags": []}, {"tags": [{"n": 1}]}]}})
+    schema = {"type": "object", "properties": {"segs": {"type": "array", "items": {"$ref": "#/$defs/S"}},
+                                               "name": {"type": "string"}},
+              "$defs": {"S": {"type": "object", "properties": {"text": {"type": "string"}}}}}
+    assert path_in_schema(schema, ("segs", "*", "text")) is None
+    assert "no field 'segs.*.nope'" in path_in_schema(schema, ("segs", "*", "nope"))
+    assert "'name' is string, not an array" in path_in_schema(schema, ("name", "*"))
+    assert "'result' is object, not an array" in path_in_schema(schema, ("*",))
+
+
+def test_star_paths_are_validated_against_result_schemas_and_foreach_lists(tmp_path):
+    store_dir = tmp_path / "schemas"
+    store_dir.mkdir()
+    (store_dir / "fixture.result.schema.json").write_text(json.dumps({
+        "type": "object", "properties": {"segments": {"type": "array", "items": {"type": "object", "properties": {
+            "text": {"type": "string"}}}}, "mode": {"type": "string"}}}))
+    doc = fixture_manifest([
+        {"id": "a", "worker": "fixture"},
+        {"id": "each", "worker": "fixture", "foreach": "${steps.a.result.segments}"},
+        {"id": "b", "worker": "fixture", "args": {"ok1": "${steps.a.result.segments.*.text}",
+                                                  "ok2": "${steps.each.result.*.mode}",
+                                                  "ok3": "${steps.each.result.0.segments.*.text}",
+                                                  "bad1": "${steps.a.result.mode.*}",
+                                                  "bad2": "${steps.a.result.segments.*.nope}",
+                                                  "bad3": "${steps.each.result.mode}",
+                                                  "bad4": "${steps.each.result.*.nope}"}},
+    ])
+    with pytest.raises(ManifestInvalid) as info:
+        load(write_manifest(tmp_path, doc), SchemaStore(store_dir))
+    bad = {p.path: p.message for p in info.value.problems if p.type == "unknown_result_path"}
+    assert set(bad) == {f"$.steps[2].args.bad{i}" for i in (1, 2, 3, 4)}
+    assert "'*' needs an array" in bad["$.steps[2].args.bad1"] and "map over it (`.*`)" in bad["$.steps[2].args.bad3"]
+
+
 def test_generated_manifest_schema_is_committed_when_present():
     committed = REPO / "schemas" / "manifest.schema.json"
     if not committed.exists():

@@ -176,14 +176,14 @@ def test_mutated_documents_get_one_verdict(name, model, schema):
     validator = jsonschema.Draft202012Validator(schema)
     seen = {True: 0, False: 0}
 
-    @settings(max_examples=300, **_SETTINGS)
+    @settings(max_examples=200, **_SETTINGS)  # the vision schema's rules make each example slow to generate
     @given(_mutated(schema, from_schema(schema)))
     def check(doc):
         seen[_check_one_verdict(validator, model, name, doc)] += 1
 
     check()
     # most mutations must really break the document, or the property proves little
-    assert seen[False] >= 150, seen
+    assert seen[False] >= 100, seen
 
 
 def test_every_registered_worker_and_the_fixture_are_covered():

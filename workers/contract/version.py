@@ -8,7 +8,8 @@ Patch: documentation or schema-text fixes only.
 `if`/`then`), args are validated strictly (no type coercion), `describe.schema.json`, `details.cancelled`.
 1.2.0: `--describe` may advertise warm mode (`warm`) and the args fields that identify a loaded model
 (`model_key_fields`), so a runner can route a request to the warm process that already holds its model.
+1.3.0: the `compose` worker; whisper times a known script (`script_path` -> result `script`).
 """
 
-CONTRACT_VERSION = "1.2.0"
+CONTRACT_VERSION = "1.3.0"
 CONTRACT_MAJOR = int(CONTRACT_VERSION.split(".")[0])

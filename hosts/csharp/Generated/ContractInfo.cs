@@ -3,6 +3,6 @@ namespace StoryBridge.Generated
 {
     public static class ContractInfo
     {
-        public const string Version = "1.2.0";
+        public const string Version = "1.3.0";
     }
 }

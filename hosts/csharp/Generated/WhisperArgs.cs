@@ -210,6 +210,24 @@ namespace StoryBridge.Generated.WhisperArgsSchema
         public string OutputDir { get; set; }
 
         /// <summary>
+        /// The narration's known text, to time each part of it (a story's scenes): a `.txt` file
+        /// (one part per non-empty line) or a `.json` file (a list of strings, a list of objects, or
+        /// an object with a `scenes` list of them; an object's text is its `script_text_field`). The
+        /// result's `script` gives each part's time range; the ranges tile the audio from 0 to its
+        /// end.
+        /// </summary>
+        [JsonProperty("script_path")]
+        [JsonConverter(typeof(PurpleMinMaxLengthCheckConverter))]
+        public string ScriptPath { get; set; }
+
+        /// <summary>
+        /// In a JSON script, the field of each part object that holds its narration text.
+        /// </summary>
+        [JsonProperty("script_text_field", NullValueHandling = NullValueHandling.Ignore)]
+        [JsonConverter(typeof(StickyMinMaxLengthCheckConverter))]
+        public string ScriptTextField { get; set; }
+
+        /// <summary>
         /// A pause between words at least this long starts a new cue.
         /// </summary>
         [JsonProperty("split_on_pause_s", NullValueHandling = NullValueHandling.Ignore)]
@@ -1253,6 +1271,34 @@ namespace StoryBridge.Generated.WhisperArgsSchema
         }
 
         public static readonly IndigoMinMaxValueCheckConverter Singleton = new IndigoMinMaxValueCheckConverter();
+    }
+
+    internal class StickyMinMaxLengthCheckConverter : JsonConverter
+    {
+        public override bool CanConvert(Type t) => t == typeof(string);
+
+        public override object ReadJson(JsonReader reader, Type t, object existingValue, JsonSerializer serializer)
+        {
+            var value = serializer.Deserialize<string>(reader);
+            if (value.Length >= 1 && value.Length <= 100)
+            {
+                return value;
+            }
+            throw new Exception("Cannot unmarshal type string");
+        }
+
+        public override void WriteJson(JsonWriter writer, object untypedValue, JsonSerializer serializer)
+        {
+            var value = (string)untypedValue;
+            if (value.Length >= 1 && value.Length <= 100)
+            {
+                serializer.Serialize(writer, value);
+                return;
+            }
+            throw new Exception("Cannot marshal type string");
+        }
+
+        public static readonly StickyMinMaxLengthCheckConverter Singleton = new StickyMinMaxLengthCheckConverter();
     }
 
     internal class TaskConverter : JsonConverter

@@ -72,6 +72,20 @@ namespace StoryBridge.Generated.WhisperResultSchema
         [JsonProperty("model_path")]
         public string ModelPath { get; set; }
 
+        /// <summary>
+        /// With `script_path`: each part of the script and its time range, in order.
+        /// </summary>
+        [JsonProperty("script")]
+        public ScriptPart[] Script { get; set; }
+
+        /// <summary>
+        /// Share of script words matched to heard words (below 0.5 the timings are mostly
+        /// interpolated, and a warning says so).
+        /// </summary>
+        [JsonProperty("script_match_ratio")]
+        [JsonConverter(typeof(FluffyMinMaxValueCheckConverter))]
+        public double? ScriptMatchRatio { get; set; }
+
         [JsonProperty("segments")]
         public Segment[] Segments { get; set; }
 
@@ -137,6 +151,74 @@ namespace StoryBridge.Generated.WhisperResultSchema
 
         [JsonProperty("vtt_path")]
         public string VttPath { get; set; }
+    }
+
+    /// <summary>
+    /// One part (scene) of the known script and the stretch of narration it covers.
+    /// </summary>
+    public partial class ScriptPart
+    {
+        /// <summary>
+        /// The part's object from a JSON script, as given (for example its `prompt`).
+        /// </summary>
+        [JsonProperty("data")]
+        public Dictionary<string, object> Data { get; set; }
+
+        /// <summary>
+        /// end_s - start_s: how long this part's picture stays on screen.
+        /// </summary>
+        [JsonProperty("duration_s")]
+        public double DurationS { get; set; }
+
+        /// <summary>
+        /// End of the range: the next part's start, or the audio's end.
+        /// </summary>
+        [JsonProperty("end_s")]
+        [JsonConverter(typeof(PurpleMinMaxValueCheckConverter))]
+        public double EndS { get; set; }
+
+        /// <summary>
+        /// 0-based position in the script.
+        /// </summary>
+        [JsonProperty("index")]
+        public long Index { get; set; }
+
+        /// <summary>
+        /// Script words matched to heard words.
+        /// </summary>
+        [JsonProperty("matched_words")]
+        public long MatchedWords { get; set; }
+
+        /// <summary>
+        /// When its last word ends (interpolated if not heard).
+        /// </summary>
+        [JsonProperty("spoken_end_s")]
+        [JsonConverter(typeof(PurpleMinMaxValueCheckConverter))]
+        public double SpokenEndS { get; set; }
+
+        /// <summary>
+        /// When its first word is spoken (interpolated if not heard).
+        /// </summary>
+        [JsonProperty("spoken_start_s")]
+        [JsonConverter(typeof(PurpleMinMaxValueCheckConverter))]
+        public double SpokenStartS { get; set; }
+
+        /// <summary>
+        /// Start of the part's range: 0 for the first part, else the middle of the pause before its
+        /// first word.
+        /// </summary>
+        [JsonProperty("start_s")]
+        [JsonConverter(typeof(PurpleMinMaxValueCheckConverter))]
+        public double StartS { get; set; }
+
+        /// <summary>
+        /// The part's narration text, as written in the script.
+        /// </summary>
+        [JsonProperty("text")]
+        public string Text { get; set; }
+
+        [JsonProperty("total_words")]
+        public long TotalWords { get; set; }
     }
 
     public partial class Segment
