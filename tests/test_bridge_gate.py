@@ -233,3 +233,13 @@ def test_a_format2_workdir_gains_the_gate_column_and_resumes(tmp_path, schemas):
     assert code == EXIT_OK and not log.exists(), out
     assert rows(work, "SELECT value FROM meta WHERE key='format'") == [("3",)]
     assert rows(work, "SELECT count(gate) FROM steps") == [(0,)]
+
+
+def test_a_zipped_consumer_of_the_regenerated_step_also_waits_for_the_verdicts(tmp_path, schemas):
+    log = tmp_path / "jobs.log"
+    doc = story(log)
+    doc["steps"][3]["foreach"] = {"frame": "${steps.keyframes.result}", "tag": "${steps.list.result.items}"}
+    doc["steps"][3]["args"].update(image="${item.frame.images.0.path}", tag="${item.tag}")
+    code, out, _ = run_runner(write_manifest(tmp_path, doc), schemas, jobs=2)
+    assert code == EXIT_OK, out
+    assert jobs(log, "use") == {"a": [0], "b": [2001], "c": [2002]}
