@@ -135,7 +135,7 @@ class Manifest(BaseModel):
     params: dict[ParamName, Any] = Field(
         default_factory=dict,
         description="Param name -> default JSON value; `--param NAME=VALUE` overrides it (read as the default's "
-        "type). `${params.NAME}` in a step's `args` or `foreach` and in `workers` argv is replaced by the value "
+        "type). `${params.NAME}` in a step's `args`, `foreach` or `gate` and in `workers` argv is replaced by the value "
         "(a whole string becomes the typed value; in a longer string, a string or number is interpolated).",
     )
     workers: dict[WorkerName, Annotated[list[ArgvItem], Field(min_length=1)]] = Field(

@@ -243,3 +243,14 @@ def test_a_zipped_consumer_of_the_regenerated_step_also_waits_for_the_verdicts(t
     code, out, _ = run_runner(write_manifest(tmp_path, doc), schemas, jobs=2)
     assert code == EXIT_OK, out
     assert jobs(log, "use") == {"a": [0], "b": [2001], "c": [2002]}
+
+
+def test_gate_fields_take_params(tmp_path, schemas):
+    log, work = tmp_path / "jobs.log", tmp_path / "t.work"
+    doc = story(log, gate={"max_regenerations": "${params.regenerations}"})
+    doc["params"] = {"regenerations": 2}
+    m = write_manifest(tmp_path, doc)
+    code, out, _ = run_runner(m, schemas, [("regenerations", "0")], jobs=2)
+    assert code == EXIT_OK, out
+    assert jobs(log, "make") == {"a": [0], "b": [1], "c": [2]}  # no regeneration at all
+    assert [g[:2] for g in gate_of(work)] == [(0, "passed"), (0, "exhausted"), (0, "exhausted")]
