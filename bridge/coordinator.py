@@ -21,6 +21,7 @@ from . import execute, safefs
 from .answer import AttemptOutcome
 from .executor import AttemptExecutor, AttemptRequest, Finished, Message, Started, WorkerEvent
 from .foreach_steps import ForeachSteps
+from .gate_keeper import GateKeeper
 from .planner import Decision, Planner
 from .report import StepTrace
 from .resources import Grant
@@ -46,6 +47,7 @@ class Coordinator:
         self.executor = make_executor(self.inbox.put)
         self.active: dict[tuple, UnitRun] = {}  # decided to run and not settled: queued, running or backing off
         self.foreach = ForeachSteps(self)
+        self.gates = GateKeeper(self)
         self.position = {sid: i for i, sid in enumerate(ctx.m.order)}
 
     # the loop -----------------------------------------------------------------------------------------------
@@ -78,6 +80,7 @@ class Coordinator:
             else:
                 self.scheduler.add(("step", sid), waits, self.priority(sid))
         self.foreach.chosen = chosen
+        self.gates.activate(chosen)
 
     def priority(self, sid: str, item: int = 0) -> tuple[int, int]:
         """Item first, then manifest order: earlier items flow downstream before later ones start."""
@@ -169,7 +172,12 @@ class Coordinator:
         else:
             self._queue(node, d, tr)
             return
-        self.scheduler.done(node)
+        self.unit_done(node)
+
+    def unit_done(self, node: tuple) -> None:
+        """`node` settled: its dependants may go, unless a quality gate puts it back (a regeneration)."""
+        if not self.gates.settled(node):
+            self.scheduler.done(node)
 
     def _queue(self, node: tuple, d: Decision, tr: StepTrace) -> None:
         step = self.ctx.m.steps[d.step]
@@ -282,7 +290,7 @@ class Coordinator:
     def _settle(self, run: UnitRun) -> None:
         run.stop_clock()
         del self.active[run.node]
-        self.scheduler.done(run.node)
+        self.unit_done(run.node)
 
     def _interrupted(self, run: UnitRun, outcome: AttemptOutcome | None) -> None:
         error = (outcome.error_dict() if outcome is not None else

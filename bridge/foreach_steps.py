@@ -60,9 +60,10 @@ class ForeachSteps:
         self._step_trace(sid)
         co.ctx.events.emit("foreach_start", step=sid, items=count, streaming_from=source)
         for i in range(count):
-            waits = [("item", source, i)] if source in self.chosen else []
+            waits = ([("item", source, i)] if source in self.chosen else []) + co.gates.item_waits(sid, i)
             co.scheduler.add(("item", sid, i), waits, co.priority(sid, i))
-        co.scheduler.add(("step", sid), [("item", sid, i) for i in range(count)], co.priority(sid, count))
+        co.scheduler.add(("step", sid), [("item", sid, i) for i in range(count)] + co.gates.step_waits(sid, count),
+                         co.priority(sid, count))
         co.scheduler.done(("expand", sid))  # a step streaming from this one can list its items now
 
     def _list_items(self, sid: str, source: str | None) -> int:
@@ -85,6 +86,7 @@ class ForeachSteps:
         """The step cannot even list its items (an upstream failed, or the list does not resolve)."""
         self._step_trace(sid)
         self.co.decided(("step", sid), decision)
+        self.co.gates.settled_early(sid)
         self.co.scheduler.done(("expand", sid))
 
     def _step_trace(self, sid: str) -> StepTrace:

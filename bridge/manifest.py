@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, StringConstraints, Tag, ValidationError
 
 from . import fanout, params, refs
+from .gate import Gate, waits_on_whole
 from .jsondoc import MAX_NESTING, loads_strict, shape_problems
 from .manifest_checks import Problem, structure_problems, topological_order
 from .resources import Fallback, Resources
@@ -110,6 +111,8 @@ class Step(BaseModel):
     )
     resources: Resources | None = Field(default=None, description="What one attempt needs (slots, GPUs, memory).")
     fallback: Fallback | None = Field(default=None, description="`cpu`: without GPUs, a GPU step runs on CPU.")
+    gate: Gate | None = Field(default=None, description="A quality gate on this foreach step's items: a failing "
+                              "item has the item it checked (of `regenerates`) made again, with a varied arg.")
 
     def retry_policy(self, defaults: Defaults) -> RetryPolicy:
         base = defaults.retry.model_dump()
@@ -132,7 +135,7 @@ class Manifest(BaseModel):
     params: dict[ParamName, Any] = Field(
         default_factory=dict,
         description="Param name -> default JSON value; `--param NAME=VALUE` overrides it (read as the default's "
-        "type). `${params.NAME}` in a step's `args` or `foreach` and in `workers` argv is replaced by the value "
+        "type). `${params.NAME}` in a step's `args`, `foreach` or `gate` and in `workers` argv is replaced by the value "
         "(a whole string becomes the typed value; in a longer string, a string or number is interpolated).",
     )
     workers: dict[WorkerName, Annotated[list[ArgvItem], Field(min_length=1)]] = Field(
@@ -163,6 +166,7 @@ class LoadedManifest:
     deps: dict[str, list[str]]  # step -> direct dependencies (needs + references), in manifest order
     steps: dict[str, Step] = field(default_factory=dict)
     stream_from: dict[str, str] = field(default_factory=dict)  # foreach step -> the foreach step it streams from
+    gated_by: dict[str, str] = field(default_factory=dict)  # foreach step -> the step whose gate regenerates it
     params: dict[str, Any] = field(default_factory=dict)  # the effective params (defaults with --param applied)
 
     def worker_argv(self, worker: str) -> list[str]:
@@ -265,12 +269,20 @@ def check_document(doc: Any, manifest_path: Path, schemas: SchemaStore | None = 
     stream_from = {s.id: src for s in manifest.steps  # `needs: [A]` asks for all of A: no streaming then
                    if (src := fanout.stream_source(s.foreach, with_foreach, s.args)) is not None
                    and src not in s.needs}
+    gated_by = {s.gate.regenerates: s.id for s in manifest.steps if s.gate is not None}
+    problems = [Problem(f"$.steps[{i}].gate.regenerates", f"the gate step depends on '{dep}', which needs all of "
+                        f"'{s.gate.regenerates}': it would wait for its own verdicts", "gate_waits_on_itself")
+                for i, s in enumerate(manifest.steps)
+                if s.gate is not None and (dep := waits_on_whole(s.id, s.gate.regenerates, deps))]
+    if problems:
+        raise ManifestInvalid(problems, str(manifest_path))
     order = topological_order([s.id for s in manifest.steps], deps)
     base_dir = manifest_path.resolve().parent
     workdir = Path(os.path.expanduser(manifest.workdir)) if manifest.workdir else Path(f"{manifest.name}.work")
     workdir = workdir if workdir.is_absolute() else base_dir / workdir
     return LoadedManifest(manifest=manifest, path=manifest_path.resolve(), base_dir=base_dir, workdir=workdir,
-                          order=order, deps=deps, steps=steps, stream_from=stream_from, params=values)
+                          order=order, deps=deps, steps=steps, stream_from=stream_from, params=values,
+                          gated_by=gated_by)
 
 
 def load(path: str | os.PathLike[str], schemas: SchemaStore | None = None,

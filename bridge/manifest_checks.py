@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import fanout, refs
+from .gate import gate_problems
 from .schemas import SchemaStore, path_in_schema
 
 _MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -64,6 +65,7 @@ def structure_problems(doc: Any, schemas: SchemaStore) -> list[Problem]:
             for name, text in foreach.items():
                 if isinstance(text, str):
                     problems += _foreach_problems(text, sid, refs.json_path(f"{base}.foreach", name), graph, schemas)
+    problems += [Problem(*p) for p in gate_problems(steps, schemas)]
     for cycle in cycles(graph.edges):
         problems.append(Problem(f"$.steps[{ids[cycle[0]]}]", "dependency cycle: " + " -> ".join(cycle + [cycle[0]]),
                                 "cycle"))

@@ -1,5 +1,5 @@
 """Manifest `params`: named defaults, `--param NAME=VALUE` overrides typed by their default, and `${params.NAME}`
-substituted into steps' `args` and `foreach` and into `workers` argv.
+substituted into steps' `args`, `foreach` and `gate` and into `workers` argv.
 
 Params are resolved on the raw document, before it is checked or any key is computed: a run sees the resolved
 values only, so a changed param re-runs exactly the steps whose resolved args change. A string that is exactly
@@ -125,7 +125,7 @@ def resolve_document(doc: Any, overrides: list[tuple[str, str]]) -> tuple[Any, d
         for i, step in enumerate(doc["steps"]):
             if isinstance(step, dict):
                 step = dict(step)
-                for key in ("args", "foreach"):
+                for key in ("args", "foreach", "gate"):  # a gate: e.g. fewer regenerations on tiny models
                     if key in step:
                         step[key], found = substitute(step[key], values, f"$.steps[{i}].{key}")
                         problems += found

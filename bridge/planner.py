@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import cachekey, fanout, refs
+from . import cachekey, fanout, gate, refs
 from .answer import verify_outputs
 from .manifest import LoadedManifest
 from .state import WHOLE_STEP, StateDB, StepRecord
@@ -56,6 +56,7 @@ class Planner:
         self.item_results: dict[str, Any] = {}  # "ID[i]" -> that item's result
         self.keys: dict[str, str] = {}  # "ID" or "ID[i]" -> committed cache key
         self.failed: dict[str, str] = {}  # "ID" or "ID[i]" -> why it produced nothing (failed / blocked)
+        self.variations: dict[str, tuple[int, str]] = {}  # "X[i]" of a gated step -> (regeneration, base)
 
     def unit_deps(self, sid: str, item: int = WHOLE_STEP) -> list[str]:
         """The labels a unit needs: its step's dependencies; an item of a streaming step, the upstream item."""
@@ -94,6 +95,7 @@ class Planner:
         try:
             args = fanout.resolve_args(step.args, self.results, item_value,
                                        None if item == WHOLE_STEP else item)
+            args, regeneration = self._regenerated(sid, item, args)
             list_only = self._list_only_sources(sid) if item != WHOLE_STEP else set()
             upstream = {self._upstream_name(sid, d, item): self.keys[d]
                         for d in deps if d in self.keys and d not in list_only}
@@ -106,8 +108,25 @@ class Planner:
             return Decision(sid, Action.FAIL, str(exc), identity=identity, kind="input_unreadable", item=item)
         key = cachekey.key_of(parts)
         rec = self.state.step(sid, item)
-        return self._against_record(sid, rec, Decision(sid, Action.RUN, "", key=key, components=parts, args=args,
-                                                       identity=identity, record=rec, item=item))
+        d = self._against_record(sid, rec, Decision(sid, Action.RUN, "", key=key, components=parts, args=args,
+                                                    identity=identity, record=rec, item=item))
+        if regeneration:
+            vary = self.m.steps[self.m.gated_by[sid]].gate.vary
+            d.reason += f" [gate regeneration {regeneration}: {vary.arg} {vary.add * regeneration:+d}]"
+        return d
+
+    def _regenerated(self, sid: str, item: int, args: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        """An item a quality gate regenerates gets the varied args of the regeneration recorded for it (when
+        it was recorded for these same base args). Raises RefError when `vary.arg` names no integer."""
+        checker = self.m.gated_by.get(sid)
+        if checker is None or item == WHOLE_STEP:
+            return args, 0
+        rule = self.m.steps[checker].gate
+        base = gate.base_fingerprint(rule, args)
+        record = self.state.gate_record(sid, item) or {}
+        regeneration = int(record.get("regeneration", 0)) if record.get("base") == base else 0
+        self.variations[unit_label(sid, item)] = (regeneration, base)
+        return gate.varied(rule, args, regeneration), regeneration
 
     def _upstream_name(self, sid: str, dep: str, item: int) -> str:
         """How a key names a dependency: the upstream item a streaming item follows is `A[item]`, without its

@@ -79,7 +79,9 @@ class RichProgress:
                 self.bars.update(self.running[(sid, item)], completed=float(fraction))
         elif e in ("step_committed", "step_skipped", "step_failed", "step_interrupted"):
             self._settled(ev, sid, item)
-        if e in ("step_failed", "retry_scheduled"):
+        elif e == "gate_failed" and ev.get("will_regenerate"):
+            self._regenerating(sid, ev["regenerates"])
+        if e in ("step_failed", "retry_scheduled", "gate_failed", "gate_exhausted"):
             line = report.human_line(ev)
             if line:
                 self.bars.console.print(line, markup=False, highlight=False)
@@ -93,6 +95,17 @@ class RichProgress:
         self.bars.advance(self.overall)
         if item is not None and sid in self.items:
             self.bars.advance(self.items[sid])
+
+    def _regenerating(self, check: str, target: str) -> None:
+        """A regeneration settles two more units: the regenerated item and its check."""
+        self.total += 2
+        self.bars.update(self.overall, total=self.total)
+        for sid in (check, target):
+            if sid in self.items:
+                self.bars.update(self.items[sid], total=self._task_total(self.items[sid]) + 1)
+
+    def _task_total(self, task_id: Any) -> float:
+        return next(t.total or 0 for t in self.bars.tasks if t.id == task_id)
 
     def expect(self, units: int) -> None:
         self.total = units

@@ -24,6 +24,9 @@ class StepTrace:
     wall_s: float = 0.0
     error: dict[str, Any] | None = None
     items: dict[int, StepTrace] | None = None
+    # an item a quality gate regenerates: its regeneration number, and {step, verdict, history} (gate_keeper)
+    regenerations: int | None = None
+    gate: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         doc = self._fields()
@@ -32,10 +35,13 @@ class StepTrace:
         return doc
 
     def _fields(self) -> dict[str, Any]:
-        return {"status": str(self.status), "reason": self.reason, "cache_hit": self.cache_hit,
-                "cache_key": self.cache_key, "optional": self.optional, "wall_s": self.wall_s,
-                "peak_rss_mb": max((a["peak_rss_mb"] or 0 for a in self.attempts), default=None),
-                "error": self.error, "attempts": self.attempts}
+        doc = {"status": str(self.status), "reason": self.reason, "cache_hit": self.cache_hit,
+               "cache_key": self.cache_key, "optional": self.optional, "wall_s": self.wall_s,
+               "peak_rss_mb": max((a["peak_rss_mb"] or 0 for a in self.attempts), default=None),
+               "error": self.error, "attempts": self.attempts}
+        if self.gate is not None:
+            doc.update(regenerations=self.regenerations or 0, gate=self.gate)
+        return doc
 
 
 def status_counts(trace: dict[str, StepTrace]) -> dict[str, int]:
@@ -71,6 +77,12 @@ def human_line(ev: dict[str, Any]) -> str | None:
         return f"✗ {sid} failed ({ev.get('kind')}): {str(ev.get('message', ''))[:300]}"
     if e == "step_interrupted":
         return f"■ {sid} interrupted"
+    if e == "gate_failed":
+        return (f"⟲ {sid} gate: {ev['regenerates']}[{ev['item']}] candidate {ev['regeneration']} failed "
+                f"(value {ev['value']!r}, score {ev['score']!r})")
+    if e == "gate_exhausted":
+        return (f"⚠ {ev['regenerates']}[{ev['item']}] never passed {ev['step']} after {ev['regeneration']} "
+                f"regeneration(s): " + ("the item fails" if ev["on_exhausted"] == "fail" else "the last candidate stands"))
     return None
 
 
@@ -88,6 +100,10 @@ def print_summary(console: TextIO, title: str, rows: list[tuple[str, str, StepTr
         if tr.items:
             failed = [i for i, t in sorted(tr.items.items()) if t.status in ("failed", "skipped", "interrupted")]
             why = f"{len(tr.items)} items" + (f"; without result: {failed[:20]}" if failed else "")
+            never = [i for i, t in sorted(tr.items.items()) if (t.gate or {}).get("verdict") == "exhausted"]
+            regenerated = sum(t.regenerations or 0 for t in tr.items.values())
+            if regenerated or never:
+                why += f"; {regenerated} regeneration(s)" + (f"; never passed the gate: {never[:20]}" if never else "")
         attempts = sum(len(t.attempts) for t in tr.items.values()) if tr.items else len(tr.attempts)
         table.add_row(sid, worker, str(tr.status), str(attempts), f"{tr.wall_s:.2f}", str(why)[:160])
     Console(file=console, width=120 if not console.isatty() else None, highlight=False).print(table)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from . import machine, progress, report, workdir
+from . import gate, machine, progress, report, workdir
 from .answer import clip
 from .coordinator import Coordinator, RunContext
 from .events import EventLog
@@ -162,8 +162,11 @@ class Runner:
         try:
             self.state.end_run(self.run_id, status, exit_code)
             self._write_trace(exit_code, status, time.monotonic() - started)
+            summary: dict[str, Any] = dict(report.status_counts(self.trace))
+            if self.m.gated_by:
+                summary["gate_never_passed"] = self._gate_never_passed()
             self.events.emit("run_end", status=status, exit_code=exit_code,
-                             wall_s=round(time.monotonic() - started, 3), summary=report.status_counts(self.trace))
+                             wall_s=round(time.monotonic() - started, 3), summary=summary)
             if self.display is not None:
                 self.display.close()
             self._print_summary(exit_code)
@@ -226,6 +229,9 @@ class Runner:
         self.coordinator = Coordinator(ctx, self.planner, Scheduler(self.slots), self.trace, self._executor)
         if self.display is not None:
             self.display.expect(len(selected))
+        if self.opts.explain:
+            for _, _, line in gate.plan_lines(self.m.gated_by, self.m.steps, selected):
+                self._say(f"gate    {line}")
         self.coordinator.run(selected)
         if self.cancel.is_set():
             return EXIT_INTERRUPTED
@@ -287,9 +293,18 @@ class Runner:
                     self.events_mirror.write(json.dumps({"event": "plan", "step": d.step, **item,
                                                          "action": d.action.value, "reason": d.reason,
                                                          "key": d.key}) + "\n")
+            self._plan_gates(selected)
             return EXIT_OK
         finally:
             self.state.close()
+
+    def _plan_gates(self, selected: list[str]) -> None:
+        """What each quality gate would do (its verdicts need the check results, so a dry run only says how)."""
+        for check, target, line in gate.plan_lines(self.m.gated_by, self.m.steps, selected):
+            self._say(f"gate    {line}")
+            if self.events_mirror:
+                self.events_mirror.write(json.dumps({"event": "plan", "step": check, "action": "gate",
+                                                     "regenerates": target, "reason": line}) + "\n")
 
     # -------------------------------------------------------------------------------------- reporting
     def _options_dict(self) -> dict[str, Any]:
@@ -303,7 +318,12 @@ class Runner:
             "params": self.m.params, "exit_code": exit_code, "status": status, "wall_s": round(wall_s, 3),
             "workers": {w: (i.as_dict() if isinstance(i, WorkerIdentity) else {"error": str(i)})
                         for w, i in (self.planner.identities.items() if self.planner else ())},
-            "steps": {sid: t.as_dict() for sid, t in self.trace.items()}})
+            "steps": {sid: t.as_dict() for sid, t in self.trace.items()},
+            "gate_never_passed": self._gate_never_passed()})
+
+    def _gate_never_passed(self) -> dict[str, list[int]]:
+        """Gated step -> its items whose regenerations ran out without passing (the last candidate stands)."""
+        return dict(self.coordinator.gates.never_passed) if self.coordinator is not None else {}
 
     def _say(self, text: str) -> None:
         if self.console is not None:

@@ -67,6 +67,12 @@ class Scheduler:
             if self._waiting_on[after] == 0:
                 self._push_ready(after)
 
+    def redo(self, node: Node, waits_for: Iterable[Node], priority: tuple = ()) -> None:
+        """A settled node runs again (a quality gate regenerates an item). Whoever already counted it down
+        stays counted: what must wait for the new outcome waits on a node of its own (the gate's verdict)."""
+        self._done.discard(node)
+        self.add(node, waits_for, priority)
+
     def is_done(self, node: Node) -> bool:
         return node in self._done
 

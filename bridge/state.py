@@ -86,7 +86,7 @@ class StateDB:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")  # see the module doc: commits sync themselves
         try:
-            self.migrated_from = open_format(self.db)  # 0: new; 1: migrated from format 1; 2: current
+            self.migrated_from = open_format(self.db)  # 0: new; 1 or 2: migrated from that format; 3: current
         except BaseException:
             self.db.close()
             raise
@@ -210,6 +210,16 @@ class StateDB:
             if attempt_row is not None:
                 self._end_attempt(attempt_row, end)
         self._drop_result_files(prefix, keep=result_file["name"] if result_file else None)
+
+    def gate_record(self, step_id: str, item: int) -> dict[str, Any] | None:
+        """The quality-gate record of an item a gate regenerates (see bridge/gate_keeper.py), or None."""
+        row = self.db.execute("SELECT gate FROM steps WHERE step_id=? AND item=?", (step_id, item)).fetchone()
+        return None if row is None else _load(row[0])
+
+    def set_gate_record(self, step_id: str, item: int, record: dict[str, Any]) -> None:
+        """Written before the regeneration it announces is decided, so a killed run resumes from it."""
+        self.db.execute("UPDATE steps SET gate=?, updated_at=? WHERE step_id=? AND item=?",
+                        (_dump(record), time.time(), step_id, item))
 
     def mark_cache_hit(self, step_id: str, item: int = WHOLE_STEP) -> None:
         # The WHERE clause skips rows that already say so: no write, no fsync, for each of many cached steps.

@@ -4,14 +4,16 @@ Format 1 (the first runner): one `steps` row per step. Format 2 adds items: `ste
 (step_id, item), where item -1 is a whole step and 0, 1, ... are the items of a foreach step, and each
 attempt records its item. A format-1 database is migrated in place, in one transaction, when a runner of
 format 2 opens it (under the workdir lock), so a workdir made by the earlier runner resumes. A database of a
-newer format than this runner knows is refused: guessing would lose or repeat work.
+newer format than this runner knows is refused: guessing would lose or repeat work. Format 3 adds the `gate`
+column: the quality-gate record of an item that a gate regenerates (its regeneration number and verdicts), so a
+resumed run plans the same varied args.
 """
 
 from __future__ import annotations
 
 import sqlite3
 
-STATE_FORMAT = 2
+STATE_FORMAT = 3
 WHOLE_STEP = -1  # the `item` of a row that stands for a whole step
 
 SCHEMA = """
@@ -28,6 +30,7 @@ CREATE TABLE IF NOT EXISTS steps (
     result TEXT, outputs TEXT, committed_dir TEXT, committed_at REAL,
     last_key TEXT, last_error TEXT, updated_at REAL NOT NULL,
     result_file TEXT,                  -- {name, bytes, sha256} of a result kept in .bridge/results/
+    gate TEXT,                         -- {base, regeneration, step, verdict, history} of a gated item (bridge/gate.py)
     PRIMARY KEY (step_id, item));
 CREATE TABLE IF NOT EXISTS attempts (
     id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL, step_id TEXT NOT NULL, attempt INTEGER NOT NULL,
@@ -59,6 +62,8 @@ def open_format(db: sqlite3.Connection) -> int:
                                "use the runner that made it (or a newer one)")
     if found == 1:
         _migrate_1_to_2(db)
+    if found in (1, 2):
+        _migrate_2_to_3(db)
     _renew_hash_memo(db)
     _create_tables(db)
     db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('format', ?)", (str(STATE_FORMAT),))
@@ -112,6 +117,19 @@ def _migrate_1_to_2(db: sqlite3.Connection) -> None:
         for name, kind in (("item", "INTEGER NOT NULL DEFAULT -1"), ("devices", "TEXT"), ("queue_wait_s", "REAL")):
             if name not in present:
                 db.execute(f"ALTER TABLE attempts ADD COLUMN {name} {kind}")
+        db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('format', ?)", (str(STATE_FORMAT),))
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+def _migrate_2_to_3(db: sqlite3.Connection) -> None:
+    """Add the `gate` column (a format-1 database migrated just now has it already)."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        if "gate" not in _columns(db, "steps"):
+            db.execute("ALTER TABLE steps ADD COLUMN gate TEXT")
         db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('format', ?)", (str(STATE_FORMAT),))
     except BaseException:
         db.execute("ROLLBACK")

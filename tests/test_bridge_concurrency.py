@@ -142,7 +142,7 @@ def test_a_format1_workdir_is_migrated_and_resumes(tmp_path, schemas):
     assert code == EXIT_OK, out
     assert "skip    a: up to date" in out and "skip    b: up to date" in out
     db = sqlite3.connect(db_path)
-    assert db.execute("SELECT value FROM meta WHERE key='format'").fetchone() == ("2",)
+    assert db.execute("SELECT value FROM meta WHERE key='format'").fetchone() == ("3",)
     assert db.execute("SELECT step_id, item FROM steps ORDER BY step_id").fetchall() == [("a", -1), ("b", -1)]
 
 
@@ -176,7 +176,7 @@ def test_a_newer_state_format_is_refused(tmp_path, schemas):
     db.commit()
     db.close()
     code, out, _ = run_runner(m, schemas)
-    assert code == EXIT_INVALID and "format 9, newer than this runner's 2" in out
+    assert code == EXIT_INVALID and "format 9, newer than this runner's 3" in out
 
 
 def test_ten_items_share_one_warm_process_and_one_model_load(tmp_path, schemas):
