@@ -154,3 +154,37 @@ def test_second_run_resumes_and_does_nothing(story_run):
     assert {s: t["status"] for s, t in trace["steps"].items()} == dict.fromkeys(
         ("subtitles", "keyframes", "checks", "clips", "final"), "cached")
     assert all(not t.get("attempts") for t in trace["steps"].values())
+
+
+def test_quality_gate_regenerates_failing_scenes_and_clips_follow_the_final_keyframes(story_run):
+    _, work, _, first = story_run
+    assert first.returncode == 0
+    trace = json.loads((work / "trace.json").read_text("utf-8"))
+    keyframes, checks, clips = (_committed(work, s) for s in ("keyframes", "checks", "clips"))
+    never = []
+    for i, (gated, check) in enumerate(zip(trace["steps"]["keyframes"]["items"], checks, strict=True)):
+        regenerations = gated.get("regenerations", 0)
+        # the varied seed of the manifest's gate: scene i, regeneration r -> seed i + 1000 r
+        assert keyframes[i]["images"][0]["seed"] == i + 1000 * regenerations
+        verdict = gated["gate"]["verdict"] if "gate" in gated else "passed"
+        assert (verdict == "passed") == check["all_match"], (i, gated, check)
+        if verdict == "exhausted":
+            assert regenerations == 2
+            never.append(i)
+    assert trace["gate_never_passed"] == ({"keyframes": never} if never else {})
+    # the tiny model scores ~0.48, so the demo threshold makes some scenes fail: the gate really regenerated
+    assert sum(g.get("regenerations", 0) for g in trace["steps"]["keyframes"]["items"]) > 0
+    attempts = [json.loads(p.read_text("utf-8")) for p in (work / ".bridge" / "attempts").glob("clips.*/args.json")]
+    assert sorted(a["image_path"] for a in attempts) == sorted(k["images"][0]["path"] for k in keyframes)
+
+
+def test_run_report_embeds_the_keyframes_and_the_final_video(story_run):
+    _, work, _, first = story_run
+    assert first.returncode == 0
+    done = subprocess.run([sys.executable, "-m", "bridge", "report", str(work)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    page = (work / "report.html").read_text("utf-8")
+    assert "data:video/mp4;base64," in page
+    assert page.count("NEVER PASSED") >= len(json.loads((work / "trace.json").read_text("utf-8"))
+                                             ["gate_never_passed"].get("keyframes", []))
