@@ -87,7 +87,7 @@ def run_naive(work: Path, naive: Path) -> tuple[float, int]:
         done = subprocess.run([sys.executable, "-m", f"workers.{worker_module(work, attempt['step_id'])}",
                                "--input", str(args_file)], cwd=work.parent, capture_output=True, text=True)
         envelope = json.loads(done.stdout)
-        loads += (envelope.get("metrics") or {}).get("model_loads") or 0
+        loads += (envelope.get("metrics") or {}).get("model_cache_hit") is False
     return time.perf_counter() - t0, loads
 
 
@@ -96,7 +96,8 @@ def bridge_loads(work: Path) -> int:
     total = 0
     for step in trace["steps"].values():
         for unit in [step, *step.get("items", [])]:
-            total += sum((a.get("metrics") or {}).get("model_loads") or 0 for a in unit.get("attempts", []))
+            # a warm process reports its loads so far; an attempt loaded a model when it was no cache hit
+            total += sum((a.get("metrics") or {}).get("model_cache_hit") is False for a in unit.get("attempts", []))
     return total
 
 

@@ -24,7 +24,7 @@ from .foreach_steps import ForeachSteps
 from .gate_keeper import GateKeeper
 from .planner import Decision, Planner
 from .report import StepTrace
-from .resources import Grant
+from .resources import Grant, thread_env
 from .scheduler import Scheduler
 from .state import WHOLE_STEP
 from .states import Action, State
@@ -215,7 +215,8 @@ class Coordinator:
         self.executor.submit(AttemptRequest(
             unit=(run.sid, run.item), attempt=run.attempt, worker=step.worker, prefix=prefix,
             args={**(run.decision.args or {}), "output_dir": str(staging)}, files=run.files, cwd=ctx.m.base_dir,
-            env={**ctx.env, **grant.env()}, timeout_s=run.timeout_s,
+            env={**ctx.env, **grant.env(), **thread_env(grant.cpu, self.scheduler.slots.jobs, ctx.env)},
+            timeout_s=run.timeout_s,
             kill_grace_s=ctx.m.manifest.defaults.kill_grace_s, devices=grant.devices, grant=grant))
 
     def _apply(self, message: Message) -> None:

@@ -30,11 +30,11 @@ from typing import Any
 
 from . import ray_data
 from .process import ProcessResult, run_process
+from .resources import THREAD_VARS
 from .worker_client import invoke_argv
 
-#: Thread-count variables set from the step's declared CPUs. Ray exports OMP_NUM_THREADS = the task's num_cpus
-#: into its workers (1 by default), and a worker subprocess would inherit it; the step's own `cpu` wins.
-THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+#: THREAD_VARS are set from the step's declared CPUs. Ray exports OMP_NUM_THREADS = the task's num_cpus into its
+#: workers (1 by default), and a worker subprocess would inherit it; the step's own `cpu` wins.
 #: The stderr log shipped back in mode `ship` (its end; the whole log stays on the node only while it runs).
 MAX_SHIPPED_LOG_BYTES = 1 << 20
 _POLL_S = 0.1

@@ -3,6 +3,7 @@ GPU discovery without torch (`--gpus`, nvidia-smi)."""
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from pathlib import Path
@@ -12,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridge.gpus import GpuSpecInvalid, detect_gpus, parse_gpus
-from bridge.resources import Gpu, Grant, Resources, SlotPool
+from bridge.resources import THREAD_VARS, Gpu, Grant, Resources, SlotPool, thread_env
 
 requests = st.builds(Resources, gpu=st.integers(0, 2), vram_gb=st.none() | st.sampled_from([4.0, 6.0, 10.0]),
                      cpu=st.integers(1, 3), memory_gb=st.none() | st.sampled_from([1.0, 3.0]))
@@ -126,3 +127,25 @@ def test_a_waiting_multi_gpu_request_is_not_overtaken_by_smaller_gpu_requests():
     assert sched.take_startable(0.0) is None  # the freed GPU is kept for `big`, not given to small2
     sched.release(started.pop("small1"))
     assert sched.take_startable(0.0)[0] == "big"
+
+
+def test_concurrent_attempts_split_the_cores_unless_the_runner_env_says_otherwise(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert thread_env(1, 4, {}) == dict.fromkeys(THREAD_VARS, "2")
+    assert thread_env(3, 4, {}) == dict.fromkeys(THREAD_VARS, "6")
+    assert thread_env(1, 16, {}) == dict.fromkeys(THREAD_VARS, "1")  # never 0
+    assert thread_env(1, 1, {}) == {}  # one attempt at a time: the worker's own default (all cores)
+    assert thread_env(1, 4, {"OMP_NUM_THREADS": "3"}) == {}  # the user's choice stands
+
+
+def test_attempts_run_concurrently_get_their_share_of_threads(tmp_path):
+    from bridge_helpers import bare_manifest, run_runner, schema_dir, state_rows, write_manifest
+
+    step = {"worker": "bare", "args": {"env_keys": ["OMP_NUM_THREADS", "MKL_NUM_THREADS"]}}
+    m = write_manifest(tmp_path, bare_manifest([{"id": "a", **step}, {"id": "b", **step}]))
+    code, out, _ = run_runner(m, schema_dir(tmp_path), jobs=2)
+    assert code == 0, out
+    expected = thread_env(1, 2, {})["OMP_NUM_THREADS"]
+    for sid in ("a", "b"):
+        env = json.loads(state_rows(tmp_path / "t.work", f"SELECT result FROM steps WHERE step_id = '{sid}'")[0][0])["env"]
+        assert env == {"OMP_NUM_THREADS": expected, "MKL_NUM_THREADS": expected}
