@@ -199,8 +199,12 @@ class WarmPoolExecutor:
         self._closed.set()
         with self._lock:
             idle, self._idle = self._idle, []
-        for slot in idle:
-            self._drop(slot)
+        # all at once: a process with torch loaded takes a second or more to exit, and a pipeline leaves several
+        stoppers = [threading.Thread(target=self._drop, args=(slot,), name="warm-stop") for slot in idle]
+        for stopper in stoppers:
+            stopper.start()
+        for stopper in stoppers:
+            stopper.join()
         self._spawner.shutdown(wait=True)
 
 

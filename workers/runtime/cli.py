@@ -191,6 +191,8 @@ def main(worker: Worker, argv: list[str] | None = None) -> int:
     if opts.serve:
         from .serve import serve
 
+        global _SERVED
+        _SERVED = True
         return serve(worker, protocol)
 
     # Rendered now, while memory is plentiful: the answer when even building an envelope fails.
@@ -230,6 +232,10 @@ def _one_shot(worker: Worker, opts: argparse.Namespace) -> tuple[dict[str, Any],
     return document, code
 
 
+#: Set when `main` ran the `--serve` loop.
+_SERVED = False
+
+
 def run_worker(worker: Worker) -> NoReturn:
     """Entry point for `workers/<name>/__main__.py`."""
     try:
@@ -237,4 +243,10 @@ def run_worker(worker: Worker) -> NoReturn:
     except KeyboardInterrupt:
         code = EXIT_CODES[ErrorKind.transient]
     sys.stdout.flush()
+    if _SERVED:
+        # The serve loop is over: every answer is written and every model released (its cache cleared). With
+        # torch loaded, interpreter teardown alone takes a second or more, and a runner stopping a pipeline's
+        # warm processes waits for each: leave now.
+        sys.stderr.flush()
+        os._exit(code)
     sys.exit(code)
