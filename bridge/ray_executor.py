@@ -36,6 +36,8 @@ _POLL_S = 0.1
 #: How often the head asks the cluster which nodes are alive while attempts run: Ray itself may take minutes to
 #: fail the task of a node whose raylet was killed (measured: more than 90 s with 2.60).
 NODE_CHECK_S = 1.0
+#: How long a crash on a lost node waits for the cluster to mark that node dead, so the retry goes elsewhere.
+NODE_DEATH_WAIT_S = 60.0
 #: Unconsumed objects a task may run ahead of the head (events and chunks): the bound on memory in flight.
 BACKPRESSURE_OBJECTS = 4
 
@@ -114,12 +116,22 @@ class RayExecutor:
                 return follow.not_placed(need, time.monotonic() - started)
             return follow.outcome()
         except _Lost as exc:
+            if follow.node is not None:
+                self._await_node_death(follow.node["node_id"])
             return AttemptOutcome(ok=False, kind="crash", retryable=True, node=follow.node,
                                   wall_s=round(time.monotonic() - started, 4), message=str(exc))
         except _Interrupted:
             follow.wait_ended(request.kill_grace_s + 5.0)
             return AttemptOutcome(ok=False, kind="interrupted", message="stopped: the runner was interrupted",
                                   node=follow.node, wall_s=round(time.monotonic() - started, 4))
+
+    def _await_node_death(self, node_id: str) -> None:
+        """A lost node can still count as alive for a while (its task saw the raylet go first): a retry placed
+        then could land on it again. So the crash is reported once the cluster marks the node dead, or after
+        NODE_DEATH_WAIT_S when it stays alive (the loss was the task's, not the node's)."""
+        deadline = time.monotonic() + NODE_DEATH_WAIT_S
+        while self.node_alive(node_id) and time.monotonic() < deadline and not self.cancel.is_set():
+            time.sleep(NODE_CHECK_S)
 
     def _spec(self, request: AttemptRequest, need: TaskResources) -> dict[str, Any]:
         ship = self.opts.data == "ship"
