@@ -61,22 +61,23 @@ def attempts(work: Path) -> list[dict]:
         state.close()
 
 
-def worker_module(work: Path, step_id: str) -> str:
+def step_workers(work: Path) -> dict[str, str]:
     manifest = json.loads((work.parent / "manifest.json").read_text("utf-8"))
-    return next(s["worker"] for s in manifest["steps"] if s["id"] == step_id)
+    return {s["id"]: s["worker"] for s in manifest["steps"]}
 
 
 def committed_dir(step_id: str, item: int) -> str:
     return f"steps/{step_id}" + ("" if item < 0 else f"/{item}")
 
 
-def run_naive(work: Path, naive: Path, threads: int | None) -> tuple[float, int]:
+def run_naive(work: Path, naive: Path, replayed: list[dict], threads: int | None) -> tuple[float, int]:
     """Replay (a)'s attempts in the order they started, each a cold process writing where (a) committed.
     `threads`: the BLAS/OpenMP thread count to give them (None: the workers' own default, all cores)."""
     env = {**os.environ, **({name: str(threads) for name in THREAD_VARS} if threads else {})}
+    workers = step_workers(work)
     loads = 0
     t0 = time.perf_counter()
-    for attempt in attempts(work):
+    for attempt in replayed:
         args_text = (work / ".bridge" / "attempts" / Path(attempt["staging_dir"]).name / "args.json").read_text("utf-8")
         args = json.loads(args_text.replace(str(work / "steps"), str(naive / "steps")))
         out = naive / committed_dir(attempt["step_id"], attempt["item"])
@@ -86,7 +87,7 @@ def run_naive(work: Path, naive: Path, threads: int | None) -> tuple[float, int]
         args_file = naive / "args" / f"{attempt['id']}.json"
         args_file.parent.mkdir(parents=True, exist_ok=True)
         args_file.write_text(json.dumps(args), encoding="utf-8")
-        done = subprocess.run([sys.executable, "-m", f"workers.{worker_module(work, attempt['step_id'])}",
+        done = subprocess.run([sys.executable, "-m", f"workers.{workers[attempt['step_id']]}",
                                "--input", str(args_file)], cwd=work.parent, capture_output=True, text=True, env=env)
         envelope = json.loads(done.stdout)
         loads += (envelope.get("metrics") or {}).get("model_cache_hit") is False
@@ -151,9 +152,10 @@ def main() -> int:
         root = Path(tmp)
         models = prepare(root, opts.models)
         bridge_s, work = run_bridge(root, models, opts.param, opts.jobs)
-        naive_s, naive_loads = run_naive(work, root / "naive", opts.naive_threads)
+        replayed = attempts(work)
+        naive_s, naive_loads = run_naive(work, root / "naive", replayed, opts.naive_threads)
         identical, close, different = compare(work, root / "naive")
-        n_attempts = len(attempts(work))
+        n_attempts = len(replayed)
         print(f"attempts: {n_attempts} (both runs do the same {n_attempts} units of work)")
         print(f"(a) runner, concurrent + warm pool: {bridge_s:7.1f} s   model loads {bridge_loads(work)}")
         print(f"(b) one cold process per item:       {naive_s:7.1f} s   model loads {naive_loads}")

@@ -53,21 +53,18 @@ def _probe(path: Path) -> dict:
 
 
 def _committed(work: Path, step: str):
-    """The committed result of a step (the list of item results for a foreach step), as the runner reads it."""
-    from bridge.state import StateDB
+    """The committed result of a step (the list of item results for a foreach step), as the report reads it."""
+    from bridge.report_media import committed_records
+    from bridge.state import WHOLE_STEP
     from bridge.workdir import Workdir
 
-    wd = Workdir(work)
-    state = StateDB(wd.state_db, wd.results, snapshot=True)
-    try:
-        items = state.step_items(step)
-        records = [items[i] for i in sorted(items)] if items else [state.step(step)]
-        for rec in records:
-            assert rec is not None and rec.committed and state.load_result(rec) is None, (step, rec)
-        results = [rec.result for rec in records]
-        return results if items else results[0]
-    finally:
-        state.close()
+    units = committed_records(Workdir(work), [step]).get(step, {})
+    items = sorted(i for i in units if i != WHOLE_STEP)
+    if not items:
+        assert WHOLE_STEP in units, (step, units)
+        return units[WHOLE_STEP].result
+    assert items == list(range(len(items))), (step, items)  # every item committed, none missing
+    return [units[i].result for i in items]
 
 
 def _frame(video: Path, t_s: float, width: int = WIDTH, height: int = HEIGHT) -> bytes:
