@@ -113,7 +113,7 @@ def test_worker_times_each_spoken_part(tmp_path):
         # a boundary lies in the pause between two pieces; the pause is 0.6 s plus espeak's own trailing silence
         assert abs(part["end_s"] - b1) < 0.7, (part, true_bounds)
         assert b0 - 0.7 < part["spoken_start_s"] < b1
-    # tiny.en mishears a few of these 26 words (brown, jumps, her: see test_whisper_worker's WER notes); 0.77-0.96
-    # seen across runs and machines. The boundaries above are what this test is about; the ratio only has to say
-    # that most of the script was heard (the worker warns below 0.5).
+    # tiny.en mishears a few of these 26 words (brown, jumps, her: see test_whisper_worker's WER notes): at least
+    # 0.8 in earlier runs, 0.769 in one clean-clone CI run. The boundaries above are what this test is about;
+    # the ratio only has to say that most of the script was heard (the worker warns below 0.5).
     assert result["script_match_ratio"] >= 0.7
