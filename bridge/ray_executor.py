@@ -1,7 +1,8 @@
 """`--executor ray`: each attempt is a Ray task placed on a node that has the step's resources (bridge/ray_task.py
-runs the worker there exactly as locally). The runner process stays the head of the run: the scheduler, state.db,
+runs the worker there exactly as locally), or, for a worker that can serve warm, a request to a Ray actor that
+hosts its `--serve` process there (bridge/ray_warm.py, bridge/ray_actor.py). The runner process stays the head of the run: the scheduler, state.db,
 the lock, commits, events and the trace never leave it, and the classification of the answer and the atomic
-commit happen here, on the raw answer the task sends back.
+commit happen here, on the raw answer the task or actor sends back (bridge/ray_follow.py).
 
 Data modes (docs/scale-out.md): `shared`, the workdir is on a file system every node mounts and its paths are
 used as they are; `ship`, the node gets the input files the args name, writes the outputs into a directory of
@@ -14,25 +15,21 @@ before anything runs, so an unreachable cluster is a setup error, exit 4) and di
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from . import ray_data, ray_task, safefs
-from .answer import AttemptOutcome, classify, single_json
-from .execute import rewrite_prefix
-from .executor import AttemptRequest, AttemptThreads, Post, WorkerEvent
+from . import ray_data, ray_task
+from .answer import AttemptOutcome
+from .executor import AttemptRequest, AttemptThreads, Post
 from .manifest import LoadedManifest
-from .ray_placement import TaskResources, task_resources, unplaceable
+from .ray_follow import Follow, Interrupted, Lost, not_placed, wait_placed
+from .ray_placement import TaskResources, task_resources
 from .schemas import SchemaStore
-from .worker_client import write_args_file
+from .worker_client import DescribeFailed, WorkerIdentity, write_args_file
 
 DATA_MODES = ("ship", "shared")
-#: How often a waiting attempt looks at the cancel event.
-_POLL_S = 0.1
 #: How often the head asks the cluster which nodes are alive while attempts run: Ray itself may take minutes to
 #: fail the task of a node whose raylet was killed (measured: more than 90 s with 2.60).
 NODE_CHECK_S = 1.0
@@ -69,22 +66,23 @@ def connect(options: RayOptions) -> bool:
     return True
 
 
-class _Lost(Exception):
-    """The node or the Ray worker process of an attempt went away (or Ray failed the task)."""
-
-
 class RayExecutor:
     def __init__(self, post: Post, schemas: SchemaStore, cancel: threading.Event, manifest: LoadedManifest,
-                 options: RayOptions):
+                 options: RayOptions, identities: dict[str, WorkerIdentity | DescribeFailed] | None = None, *,
+                 warm_idle_s: float = 60.0, max_idle: int = 1):
         import ray
+
+        from .ray_warm import RayWarmPool
 
         self.ray = ray
         self.post, self.schemas, self.cancel, self.m, self.opts = post, schemas, cancel, manifest, options
         self._remote = ray.remote(ray_task.attempt_on_node)
         self._has_gpus = any(n.get("Alive") and (n.get("Resources") or {}).get("GPU") for n in ray.nodes())
         self._threads = AttemptThreads(post, warm=False)
+        self._warm_threads = AttemptThreads(post, warm=True)
         self._alive_lock = threading.Lock()
         self._alive: tuple[float, set[str]] = (0.0, set())
+        self.warm = RayWarmPool(self, {} if identities is None else identities, idle_s=warm_idle_s, max_idle=max_idle)
 
     def node_alive(self, node_id: str) -> bool:
         """From a view of the cluster at most NODE_CHECK_S old, shared by all attempts."""
@@ -95,35 +93,61 @@ class RayExecutor:
                 self._alive = (time.monotonic(), alive)
         return node_id in alive
 
+    def short_of(self, need: TaskResources) -> bool:
+        """The cluster has less free than the attempt asks for (a busy or an idle-warm cluster)."""
+        free = self.ray.available_resources()
+        return any(free.get(name, 0) < amount for name, amount in need.wanted().items())
+
     def submit(self, request: AttemptRequest) -> None:
-        self._threads.start(request, self._attempt)
+        warm = self.warm.identity(request.worker) is not None
+        (self._warm_threads if warm else self._threads).start(request, self._attempt)
 
     def close(self) -> None:
         self._threads.join()
+        self._warm_threads.join()
+        self.warm.close()
 
     # one attempt --------------------------------------------------------------------------------------------
     def _attempt(self, request: AttemptRequest) -> AttemptOutcome:
         write_args_file(request.files, request.args)  # the record of what ran, as locally
         step = self.m.steps[request.unit[0]]
         need = task_resources(step.resources, step.fallback, self._has_gpus)
+        if self.warm.identity(request.worker) is not None:
+            outcome = self.warm.attempt(request, need)
+            if outcome is not None:
+                return outcome
+        return self._one_shot(request, need)
+
+    def _one_shot(self, request: AttemptRequest, need: TaskResources) -> AttemptOutcome:
         task = self._remote.options(**need.ray_options(), num_returns="streaming", max_retries=0,
-                                    _generator_backpressure_num_objects=BACKPRESSURE_OBJECTS
-                                    ).remote(self._spec(request, need))
-        follow = _Follow(self, request, task)
+                                    **self.stream_options()
+                                    ).remote({**self.host_spec(request, need), **self.request_spec(request)})
+        follow = Follow(self, request, task, cancel=lambda: self.ray.cancel(task))
         started = time.monotonic()
         try:
-            if not follow.wait_placed(need):
-                return follow.not_placed(need, time.monotonic() - started)
+            if not wait_placed(self, follow.ready, need, evict=self.warm.evict_one):
+                follow.cancel()
+                return self.not_placed(need, time.monotonic() - started)
+            follow.placed(follow.next()[1])
             return follow.outcome()
-        except _Lost as exc:
-            if follow.node is not None:
-                self._await_node_death(follow.node["node_id"])
-            return AttemptOutcome(ok=False, kind="crash", retryable=True, node=follow.node,
-                                  wall_s=round(time.monotonic() - started, 4), message=str(exc))
-        except _Interrupted:
+        except (Lost, Interrupted) as exc:
+            return self.ended(exc, request, follow, started)
+
+    def ended(self, exc: Exception, request: AttemptRequest, follow: Follow | None, started: float) -> AttemptOutcome:
+        """The outcome of an attempt whose node was lost (crash, retried elsewhere) or that was interrupted."""
+        node = follow.node if follow is not None else getattr(exc, "node", None)
+        wall_s = round(time.monotonic() - started, 4)
+        if isinstance(exc, Lost):
+            if node is not None:
+                self._await_node_death(node["node_id"])
+            return AttemptOutcome(ok=False, kind="crash", retryable=True, node=node, wall_s=wall_s, message=str(exc))
+        if follow is not None:
             follow.wait_ended(request.kill_grace_s + 5.0)
-            return AttemptOutcome(ok=False, kind="interrupted", message="stopped: the runner was interrupted",
-                                  node=follow.node, wall_s=round(time.monotonic() - started, 4))
+        return AttemptOutcome(ok=False, kind="interrupted", message="stopped: the runner was interrupted",
+                              node=node, wall_s=wall_s)
+
+    def not_placed(self, need: TaskResources, waited_s: float) -> AttemptOutcome:
+        return not_placed(self, need, waited_s)
 
     def _await_node_death(self, node_id: str) -> None:
         """A lost node can still count as alive for a while (its task saw the raylet go first): a retry placed
@@ -133,145 +157,21 @@ class RayExecutor:
         while self.node_alive(node_id) and time.monotonic() < deadline and not self.cancel.is_set():
             time.sleep(NODE_CHECK_S)
 
-    def _spec(self, request: AttemptRequest, need: TaskResources) -> dict[str, Any]:
-        ship = self.opts.data == "ship"
+    # what travels -------------------------------------------------------------------------------------------
+    def stream_options(self) -> dict[str, Any]:
+        return {"_generator_backpressure_num_objects": BACKPRESSURE_OBJECTS}
+
+    def host_spec(self, request: AttemptRequest, need: TaskResources) -> dict[str, Any]:
+        """What the node needs to start the worker (a task's process, or a warm actor's)."""
+        return {"prefix": request.prefix, "cwd": str(request.cwd), "env": request.env,
+                "kill_grace_s": request.kill_grace_s, "ship": self.opts.data == "ship",
+                "num_gpus": need.num_gpus, "hide_gpus": need.hide_gpus, "threads": need.threads}
+
+    def request_spec(self, request: AttemptRequest) -> dict[str, Any]:
+        """What one attempt sends: its args, and in mode ship the input files they name."""
         inputs = {}
-        if ship:
+        if self.opts.data == "ship":
             inputs = {text: ray_data.read_input(path)
                       for text, path in ray_data.input_files(request.args, request.cwd).items()}
-        return {"prefix": request.prefix, "args": request.args, "args_file": str(request.files.args_file),
-                "stderr_log": str(request.files.stderr_log), "cwd": str(request.cwd), "env": request.env,
-                "timeout_s": request.timeout_s, "kill_grace_s": request.kill_grace_s, "ship": ship,
-                "inputs": inputs, "num_gpus": need.num_gpus, "hide_gpus": need.hide_gpus, "threads": need.threads}
-
-
-class _Follow:
-    """Reads one task's stream: placement, live events, the raw answer, then (mode ship) the output chunks."""
-
-    def __init__(self, executor: RayExecutor, request: AttemptRequest, task: Any):
-        self.x, self.request, self.task = executor, request, task
-        self.node: dict[str, Any] | None = None
-
-    def wait_placed(self, need: TaskResources) -> bool:
-        """True once the task runs on a node; False when no node can ever take it (checked every
-        --placement-timeout-s: a cluster that is only busy is waited for)."""
-        deadline = time.monotonic() + self.x.opts.placement_timeout_s
-        while not self._ready():
-            if time.monotonic() >= deadline:
-                if unplaceable(need.wanted(), self.x.ray.nodes()) is not None:
-                    return False
-                deadline = time.monotonic() + self.x.opts.placement_timeout_s
-        kind, info = self._next()
-        self.node = {**info, "data": self.x.opts.data}
-        self.x.post(WorkerEvent(self.request, {"event": "placed", **self.node}))
-        return True
-
-    def not_placed(self, need: TaskResources, waited_s: float) -> AttemptOutcome:
-        why = unplaceable(need.wanted(), self.x.ray.nodes()) or "the cluster changed while it waited"
-        self._cancel()
-        return AttemptOutcome(ok=False, kind="placement", retryable=False, wall_s=round(waited_s, 4), message=(
-            f"not placed within --placement-timeout-s {self.x.opts.placement_timeout_s:g}: {why}"))
-
-    def outcome(self) -> AttemptOutcome:
-        while True:
-            item = self._next()
-            if item[0] == "event":
-                self.x.post(WorkerEvent(self.request, item[1]))
-            elif item[0] == "done":
-                return self._answer(item[1])
-
-    def _answer(self, done: dict[str, Any]) -> AttemptOutcome:
-        if "start_error" in done:
-            return AttemptOutcome(ok=False, kind="worker_unavailable", message=done["start_error"], node=self.node)
-        proc = ray_task.process_result(done["proc"])
-        staging = self.request.files.staging_dir
-        problems: list[str] = []
-        if self.x.opts.data == "ship":
-            self.node["node_output_dir"] = done["node_output_dir"]
-            problems = self._receive(done, staging, proc)
-        else:
-            self._drain()
-        outcome = classify(proc, self.x.schemas, self.request.worker, staging, self.request.timeout_s)
-        if outcome.ok and problems:
-            outcome = AttemptOutcome(ok=False, kind="output_invalid", envelope=outcome.envelope,
-                                     exit_code=outcome.exit_code, wall_s=outcome.wall_s,
-                                     peak_rss_mb=outcome.peak_rss_mb, message=(
-                                         "outputs shipped from the node do not match the envelope: "
-                                         + "; ".join(problems[:5])))
-        outcome.node = self.node
-        return outcome
-
-    def _receive(self, done: dict[str, Any], staging: Path, proc: Any) -> list[str]:
-        """The outputs into staging; the envelope's node paths become staging paths; [problems]."""
-        safefs.write_new(self.request.files.stderr_log, done["stderr_log"])
-        sink = ray_data.StagingSink(staging)
-        try:
-            while (item := self._next(end_ok=True)) is not None:
-                sink.write(item[1], item[2])
-        except ray_data.ShipError as exc:
-            self._cancel()
-            return [str(exc)]
-        finally:
-            received = sink.close()
-        doc, problem = single_json(proc.stdout)
-        if problem is not None or not isinstance(doc, dict):
-            return []  # classify names what is wrong with the answer itself
-        doc = rewrite_prefix(doc, done["node_output_dir"], str(staging))
-        proc.stdout = json.dumps(doc, ensure_ascii=False).encode("utf-8")
-        return ray_data.check_received(doc.get("outputs") or [], staging, received)
-
-    def _drain(self) -> None:
-        while self._next(end_ok=True) is not None:
-            pass
-
-    # the stream ---------------------------------------------------------------------------------------------
-    def _ready(self) -> bool:
-        ready, _ = self.x.ray.wait([self.task], timeout=_POLL_S)
-        if self.x.cancel.is_set():
-            self._cancel()
-            raise _Interrupted
-        if not ready and self.node is not None and not self.x.node_alive(self.node["node_id"]):
-            self._cancel()
-            raise _Lost(self._where("the cluster marked the node dead"))
-        return bool(ready)
-
-    def _next(self, end_ok: bool = False) -> tuple | None:
-        ray = self.x.ray
-        while not self._ready():
-            pass
-        try:
-            return ray.get(next(self.task))
-        except StopIteration:
-            if end_ok:
-                return None
-            raise _Lost(self._where("the Ray task ended before it answered")) from None
-        except ray.exceptions.TaskCancelledError:
-            raise _Interrupted from None
-        except ray.exceptions.RayError as exc:
-            raise _Lost(self._where(f"{type(exc).__name__}: {str(exc).strip()[:2000]}")) from None
-
-    def _where(self, text: str) -> str:
-        node = f"node {self.node['node_id'][:12]} ({self.node['node_ip']})" if self.node else "a node"
-        return f"lost on {node}: {text}"
-
-    def wait_ended(self, timeout_s: float) -> None:
-        """After a cancel: give the task the time to stop its worker's tree (TERM, kill_grace_s, KILL)."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            ready, _ = self.x.ray.wait([self.task], timeout=_POLL_S)
-            if ready:
-                try:
-                    self.x.ray.get(next(self.task))
-                except Exception:  # noqa: BLE001 - StopIteration, TaskCancelledError: it has ended
-                    return
-
-    def _cancel(self) -> None:
-        """Ray raises KeyboardInterrupt in the task, which stops the worker's tree (bridge/ray_task.py)."""
-        try:
-            self.x.ray.cancel(self.task)
-        except Exception:  # noqa: BLE001 - already finished or gone
-            pass
-
-
-class _Interrupted(Exception):
-    pass
+        return {"args": request.args, "args_file": str(request.files.args_file), "timeout_s": request.timeout_s,
+                "stderr_log": str(request.files.stderr_log), "inputs": inputs}

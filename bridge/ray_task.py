@@ -24,7 +24,7 @@ import shutil
 import socket
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,21 +48,29 @@ def attempt_on_node(spec: dict[str, Any]) -> Iterator[tuple]:
         argv, cwd, log = _prepare(spec, root)
         result: dict[str, Any] = {}
         try:
-            yield from _run_relaying(argv, cwd, env, log, spec, result)
+            yield from relay(lambda stop, on_event: run_process(
+                argv, cwd=cwd, env=env, timeout_s=spec["timeout_s"], kill_grace_s=spec["kill_grace_s"],
+                cancel=stop, on_event=on_event, stderr_log=log), result)
         except OSError as exc:  # the program or the cwd is missing on this node
             yield "done", {"start_error": f"cannot start worker {spec['prefix']!r} on {socket.gethostname()}: {exc}"}
             return
-        done: dict[str, Any] = {"proc": dataclasses.asdict(result["proc"])}
-        if root is None:
-            yield "done", done
-            return
-        files = ray_data.output_files(root / "out")
-        yield "done", {**done, "node_output_dir": str(root / "out"), "files": files, "stderr_log": _log_tail(log)}
-        for rel, data in ray_data.chunks(root / "out", files, spec.get("chunk_bytes", ray_data.CHUNK_BYTES)):
-            yield "chunk", rel, data
+        yield from send_back({"proc": dataclasses.asdict(result["value"])}, root, log, spec)
     finally:
         if root is not None:
             shutil.rmtree(root, ignore_errors=True)
+
+
+def send_back(done: dict[str, Any], root: Path | None, log: Path, spec: dict[str, Any],
+              outputs: bool = True) -> Iterator[tuple]:
+    """The `done` message; in mode ship with the node's stderr log and output list, then the output chunks
+    (none when `outputs` is false: a request that was not answered has nothing to commit)."""
+    if root is None:
+        yield "done", done
+        return
+    files = ray_data.output_files(root / "out") if outputs else []
+    yield "done", {**done, "node_output_dir": str(root / "out"), "files": files, "stderr_log": _log_tail(log)}
+    for rel, data in ray_data.chunks(root / "out", files, spec.get("chunk_bytes", ray_data.CHUNK_BYTES)):
+        yield "chunk", rel, data
 
 
 def node_env(spec: dict[str, Any]) -> dict[str, str]:
@@ -95,26 +103,34 @@ def _prepare(spec: dict[str, Any], root: Path | None) -> tuple[list[str], Path, 
     rewritten to this node's copies of the inputs and a local output_dir."""
     if root is None:
         return invoke_argv(spec["prefix"], Path(spec["args_file"])), Path(spec["cwd"]), Path(spec["stderr_log"])
-    placed = ray_data.place_inputs(root / "in", spec["inputs"])
-    args = {**ray_data.rewrite_args(spec["args"], placed), "output_dir": str(root / "out")}
-    (root / "out").mkdir()
+    args = ship_args(spec, root)
     (root / "args.json").write_text(json.dumps(args, ensure_ascii=False, indent=1), encoding="utf-8")
-    cwd = Path(spec["cwd"]) if os.path.isdir(spec["cwd"]) else root  # the manifest's directory, when it is here
-    return invoke_argv(spec["prefix"], root / "args.json"), cwd, root / "stderr.log"
+    return invoke_argv(spec["prefix"], root / "args.json"), node_cwd(spec, root), root / "stderr.log"
 
 
-def _run_relaying(argv: list[str], cwd: Path, env: dict[str, str], log: Path, spec: dict[str, Any],
-                  result: dict[str, Any]) -> Iterator[tuple]:
-    """Run the worker on a thread and yield its stderr events as they come; `result["proc"]` at the end.
-    A cancel (KeyboardInterrupt from `ray.cancel`) or a closed generator stops the worker's tree first."""
+def ship_args(spec: dict[str, Any], root: Path) -> dict[str, Any]:
+    """Mode ship: the args with this node's copies of the inputs (under root/in) and output_dir root/out."""
+    placed = ray_data.place_inputs(root / "in", spec["inputs"])
+    (root / "out").mkdir()
+    return {**ray_data.rewrite_args(spec["args"], placed), "output_dir": str(root / "out")}
+
+
+def node_cwd(spec: dict[str, Any], root: Path) -> Path:
+    """The manifest's directory when this node has it (shared storage, or the head itself), else root."""
+    return Path(spec["cwd"]) if os.path.isdir(spec["cwd"]) else root
+
+
+def relay(work: Callable[[threading.Event, Callable[[dict[str, Any]], None]], Any],
+          result: dict[str, Any]) -> Iterator[tuple]:
+    """Run `work(stop, on_event)` on a thread and yield its events as they come; `result["value"]` at the end.
+    A cancel (KeyboardInterrupt from `ray.cancel`), a closed generator or a lost raylet sets `stop` first
+    (the work stops its worker's tree: TERM, kill_grace_s, KILL)."""
     events: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
     stop = threading.Event()
 
     def run() -> None:
         try:
-            result["proc"] = run_process(argv, cwd=cwd, env=env, timeout_s=spec["timeout_s"],
-                                         kill_grace_s=spec["kill_grace_s"], cancel=stop, on_event=events.put,
-                                         stderr_log=log)
+            result["value"] = work(stop, events.put)
         except BaseException as exc:  # noqa: BLE001 - handed to the generator, which re-raises it
             result["error"] = exc
 
@@ -130,7 +146,7 @@ def _run_relaying(argv: list[str], cwd: Path, env: dict[str, str], log: Path, sp
             if os.getppid() != raylet:
                 raise NodeGone(f"the raylet of {socket.gethostname()} is gone")
     except BaseException:
-        stop.set()  # run_process stops the tree (TERM, kill_grace_s, KILL)
+        stop.set()
         thread.join()
         raise
     thread.join()

@@ -239,19 +239,21 @@ class Runner:
         return EXIT_STEP_FAILED if hard else EXIT_OK
 
     def _executor(self, post):
-        if self.opts.executor == "ray":  # one Ray task per attempt; Ray is imported only now
+        # Idle warm processes kept: the slot count, plus one per worker, so a pipeline whose steps take turns
+        # (keyframe, check, clip, keyframe, ...) finds each model still loaded instead of evicting one per item.
+        max_idle = self.slots.jobs + len({step.worker for step in self.m.steps.values()})
+        identities = self.planner.identities if self.opts.warm else {}
+        if self.opts.executor == "ray":  # Ray tasks and actors; Ray is imported only now
             from .ray_executor import RayExecutor, RayOptions
 
-            return RayExecutor(post, self.schemas, self.cancel, self.m, self.opts.ray or RayOptions())
+            return RayExecutor(post, self.schemas, self.cancel, self.m, self.opts.ray or RayOptions(), identities,
+                               warm_idle_s=self.opts.warm_idle_s, max_idle=max_idle)
         if not self.opts.warm:
             return LocalExecutor(post, self.schemas, self.cancel)
         from .warm_pool import WarmPoolExecutor
 
-        # Idle processes kept: the slot count, plus one per worker, so a pipeline whose steps take turns (keyframe,
-        # check, clip, keyframe, ...) finds each model still loaded instead of evicting one per item.
-        workers = {step.worker for step in self.m.steps.values()}
-        return WarmPoolExecutor(post, self.schemas, self.cancel, self.planner.identities,
-                                idle_s=self.opts.warm_idle_s, max_idle=self.slots.jobs + len(workers), slots=self.slots)
+        return WarmPoolExecutor(post, self.schemas, self.cancel, identities, idle_s=self.opts.warm_idle_s,
+                                max_idle=max_idle, slots=self.slots)
 
     def _connect_ray(self) -> bool:
         from .ray_executor import RayOptions, RayUnavailable, connect

@@ -15,6 +15,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,29 @@ _SAMPLE_EVERY_S = 0.25
 
 class RequestNotSent(Exception):
     """The process was gone before the request reached it (it never saw it): the client is DEAD."""
+
+
+@dataclass
+class NoAnswer:
+    """A request the warm process did not answer; it was stopped (DEAD). Plain values, so it can travel."""
+
+    why: str  # "cancelled", "timeout", or what happened to the process
+    wall_s: float
+    exit_code: int | None
+    peak_rss_mb: float | None
+    stderr_tail: list[str]
+
+    def outcome(self, timeout_s: float) -> AttemptOutcome:
+        """What a one-shot attempt that ended this way would have been."""
+        base = {"exit_code": self.exit_code, "wall_s": self.wall_s, "peak_rss_mb": self.peak_rss_mb}
+        if self.why == "cancelled":
+            return AttemptOutcome(ok=False, kind="interrupted", message="stopped: the runner was interrupted", **base)
+        if self.why == "timeout":
+            return AttemptOutcome(ok=False, kind="timeout", retryable=True, message=(
+                f"timed out after {timeout_s:g} s; the warm worker's process tree was killed (a fresh one "
+                "takes its place)"), **base)
+        return AttemptOutcome(ok=False, kind="crash", retryable=True, message=(
+            f"warm worker died without answering ({self.why})" + tail_text(self.stderr_tail)), **base)
 
 
 class WarmState(str, Enum):
@@ -99,11 +123,22 @@ class ServeClient:
     def request(self, args: dict[str, Any], *, files: AttemptFiles, request_id: str, schemas: SchemaStore,
                 worker: str, timeout_s: float, cancel: threading.Event,
                 on_event: WorkerEventHandler | None) -> AttemptOutcome:
-        """READY -> BUSY -> READY (answered) or DEAD (crashed, timed out, cancelled). Raises RequestNotSent
-        when the process was already gone (the args file is the caller's: written once per attempt)."""
+        """One request, classified here (the local pool); raises RequestNotSent (see `exchange`)."""
+        answer = self.exchange(args, stderr_log=files.stderr_log, request_id=request_id, timeout_s=timeout_s,
+                               cancel=cancel, on_event=on_event)
+        if isinstance(answer, NoAnswer):
+            return answer.outcome(timeout_s)
+        return classify(answer, schemas, worker, files.staging_dir, timeout_s)
+
+    def exchange(self, args: dict[str, Any], *, stderr_log: Path, request_id: str, timeout_s: float,
+                 cancel: threading.Event, on_event: WorkerEventHandler | None) -> ProcessResult | NoAnswer:
+        """READY -> BUSY -> READY (answered: the answer as a one-shot worker's process result, for `classify`)
+        or DEAD (crashed, timed out, cancelled: why). Nothing is judged here, so the answer can travel to where
+        it is judged (on Ray an actor hosts the process and the runner classifies). Raises RequestNotSent when
+        the process was already gone (the args file is the caller's: written once per attempt)."""
         assert self.state == WarmState.READY, self.state
         self.state = WarmState.BUSY
-        self._stderr.route(files.stderr_log, on_event)
+        self._stderr.route(stderr_log, on_event)
         started = time.monotonic()
         try:
             try:
@@ -118,27 +153,15 @@ class ServeClient:
             self._stderr.route(None, None)
         wall_s = round(time.monotonic() - started, 4)
         if doc is None:
-            return self._failed(why or "crash", wall_s, timeout_s)
+            self.kill()
+            return NoAnswer(why=why or "crash", wall_s=wall_s, exit_code=self.proc.returncode,
+                            peak_rss_mb=self.tree.peak_rss_mb, stderr_tail=list(self._tail))
         self.state, self.idle_since = WarmState.READY, time.monotonic()
         self.requests_served += 1
         envelope = {k: v for k, v in doc.items() if k not in ("event", "id")}
         stdout = json.dumps(envelope).encode("utf-8")
-        result = ProcessResult(exit_code=_exit_code(envelope), stdout=stdout, stdout_bytes=len(stdout),
-                               stderr_tail=list(self._tail), wall_s=wall_s, peak_rss_mb=self.tree.peak_rss_mb)
-        return classify(result, schemas, worker, files.staging_dir, timeout_s)
-
-    def _failed(self, why: str, wall_s: float, timeout_s: float) -> AttemptOutcome:
-        """No answer: the process is stopped (DEAD) and the outcome says why, like a one-shot attempt would."""
-        self.kill()
-        base = {"exit_code": self.proc.returncode, "wall_s": wall_s, "peak_rss_mb": self.tree.peak_rss_mb}
-        if why == "cancelled":
-            return AttemptOutcome(ok=False, kind="interrupted", message="stopped: the runner was interrupted", **base)
-        if why == "timeout":
-            return AttemptOutcome(ok=False, kind="timeout", retryable=True, message=(
-                f"timed out after {timeout_s:g} s; the warm worker's process tree was killed (a fresh one "
-                "takes its place)"), **base)
-        return AttemptOutcome(ok=False, kind="crash", retryable=True, message=(
-            f"warm worker died without answering ({why})" + tail_text(list(self._tail))), **base)
+        return ProcessResult(exit_code=_exit_code(envelope), stdout=stdout, stdout_bytes=len(stdout),
+                             stderr_tail=list(self._tail), wall_s=wall_s, peak_rss_mb=self.tree.peak_rss_mb)
 
     def _send(self, message: dict[str, Any]) -> None:
         assert self.proc.stdin is not None

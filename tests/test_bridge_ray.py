@@ -1,10 +1,8 @@
-"""`--executor ray` on a local 2-node Ray cluster started by these tests (one, shared by the module): the head
-with 2 CPUs and 2 logical GPUs, a second node with 1 CPU and a custom resource `node_b`."""
+"""`--executor ray` on a local 2-node Ray cluster started by these tests (tests/ray_cluster.py), one-shot workers."""
 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -26,7 +24,7 @@ from bridge_helpers import (
 )
 
 ray = pytest.importorskip("ray")
-from ray.cluster_utils import Cluster  # noqa: E402
+from ray_cluster import two_nodes  # noqa: E402
 
 from bridge.ray_executor import RayOptions  # noqa: E402
 
@@ -35,25 +33,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def cluster():
-    env_before = os.environ.get("PYTHONPATH")
-    # The nodes' Ray workers import this checkout's bridge (the tests' own import path).
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parent.parent), env_before or ""])
-    # A lost node is noticed after about a second, not Ray's default of tens of seconds.
-    fast_health_checks = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 300,
-                          "health_check_timeout_ms": 300, "health_check_failure_threshold": 3}
-    c = Cluster(initialize_head=True, connect=True,
-                head_node_args={"num_cpus": 2, "num_gpus": 2, "_system_config": fast_health_checks})
-    c.add_node(num_cpus=1, resources={"node_b": 1})
-    c.wait_for_nodes()
-    try:
-        yield c
-    finally:
-        ray.shutdown()
-        c.shutdown()
-        if env_before is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = env_before
+    yield from two_nodes()
 
 
 def _ray(tmp: Path, doc: dict, *, jobs: int = 3, data: str = "ship", placement_timeout_s: float = 30.0):
