@@ -114,7 +114,8 @@ def _ray_options(opts: argparse.Namespace):
         return None
     from .ray_executor import RayOptions  # imports no ray itself: that happens when the run connects
 
-    return RayOptions(address=opts.ray_address, data=opts.ray_data, placement_timeout_s=opts.placement_timeout_s)
+    return RayOptions(address=opts.ray_address, data=opts.ray_data, placement_timeout_s=opts.placement_timeout_s,
+                      connect_timeout_s=opts.ray_connect_timeout_s)
 
 
 GPUS_HELP = ("GPUs to hand out: `0,1`, `0:24,1:24` (index:VRAM budget in GB) or `none` "
@@ -233,13 +234,15 @@ def _add_ray_flags(run) -> None:
     run.add_argument("--executor", choices=["local", "ray"], default="local",
                      help="where attempts run: this machine (default) or a Ray cluster (docs/scale-out.md)")
     run.add_argument("--ray-address", metavar="ADDR",
-                     help="the Ray cluster: `auto` (the one `ray start` made here), HOST:PORT or ray://HOST:PORT "
-                     "(default: a Ray instance started on this machine)")
+                     help="the Ray cluster: `auto` (the one `ray start` made here) or the head's HOST:PORT (default: a "
+                     "Ray instance started on this machine); Ray Client (ray://) is refused: it cannot stream")
     run.add_argument("--ray-data", choices=["ship", "shared"], default="ship",
                      help="`ship` (default): inputs and outputs travel through Ray's object store; `shared`: every "
                      "node mounts the workdir at the same path")
     run.add_argument("--placement-timeout-s", type=_seconds, default=60.0, metavar="S",
                      help="an attempt that no Ray node can take fails after S seconds (default 60)")
+    run.add_argument("--ray-connect-timeout-s", type=_seconds, default=60.0, metavar="S",
+                     help="give up (exit 4) when the Ray cluster does not answer within S seconds (default 60)")
 
 
 #: The runner's commands, each added to a subparsers action: ours below, or the `storybridge` front door's.

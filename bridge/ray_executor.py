@@ -25,7 +25,7 @@ from .answer import AttemptOutcome
 from .executor import AttemptRequest, AttemptThreads, Post
 from .manifest import LoadedManifest
 from .ray_follow import Follow, Interrupted, Lost, not_placed, wait_placed
-from .ray_placement import TaskResources, task_resources
+from .ray_placement import TaskResources, task_resources, unplaceable
 from .schemas import SchemaStore
 from .worker_client import DescribeFailed, WorkerIdentity, write_args_file
 
@@ -44,6 +44,7 @@ class RayOptions:
     address: str | None = None  # None: start a Ray instance on this machine; "auto": the one `ray start` made
     data: str = "ship"
     placement_timeout_s: float = 60.0
+    connect_timeout_s: float = 60.0
 
 
 class RayUnavailable(Exception):
@@ -52,17 +53,41 @@ class RayUnavailable(Exception):
 
 def connect(options: RayOptions) -> bool:
     """Connect this process to the cluster as Ray's driver; True when this call made the connection."""
+    if (options.address or "").startswith("ray://"):
+        # Ray Client cannot stream ("Streaming actor methods (num_returns="streaming") are not currently supported
+        # when using Ray Client", Ray 2.60), and every attempt streams its events and output chunks.
+        raise RayUnavailable(
+            f"{options.address}: Ray Client (ray://) cannot carry the streams an attempt sends back; run the runner "
+            "on a machine of the cluster with --ray-address auto (or the head's HOST:PORT), or submit it as a Ray "
+            "job: ray job submit --address http://HEAD:8265 -- python -m bridge run MANIFEST --executor ray "
+            "--ray-address auto (docs/scale-out.md)")
     try:
         import ray
     except ImportError:
         raise RayUnavailable('Ray is not installed: pip install "storybridge[ray]"') from None
     if ray.is_initialized():
         return False
-    try:
-        ray.init(address=options.address, log_to_driver=False)
-    except Exception as exc:  # noqa: BLE001 - ConnectionError, ValueError, RuntimeError: all mean "no cluster"
-        raise RayUnavailable(f"cannot reach the Ray cluster at {options.address or 'a new local instance'}: "
-                             f"{type(exc).__name__}: {exc}") from None
+    where = options.address or "a new local instance"
+    outcome: dict[str, BaseException | None] = {}
+
+    def init() -> None:
+        try:
+            ray.init(address=options.address, log_to_driver=False)
+            outcome["error"] = None
+        except Exception as exc:  # noqa: BLE001 - ConnectionError, ValueError, RuntimeError: all mean "no cluster"
+            outcome["error"] = exc
+
+    # ray.init waits minutes for an address where nothing answers; the run gives up after connect_timeout_s
+    # (the thread is left behind: the runner exits with the setup error).
+    thread = threading.Thread(target=init, daemon=True, name="ray-connect")
+    thread.start()
+    thread.join(options.connect_timeout_s)
+    if "error" not in outcome:
+        raise RayUnavailable(f"cannot reach the Ray cluster at {where}: no answer within "
+                             f"--ray-connect-timeout-s {options.connect_timeout_s:g}")
+    if outcome["error"] is not None:
+        exc = outcome["error"]
+        raise RayUnavailable(f"cannot reach the Ray cluster at {where}: {type(exc).__name__}: {exc}")
     return True
 
 
@@ -82,6 +107,7 @@ class RayExecutor:
         self._warm_threads = AttemptThreads(post, warm=True)
         self._alive_lock = threading.Lock()
         self._alive: tuple[float, set[str]] = (0.0, set())
+        self._crashed_on: dict[tuple[str, int], set[str]] = {}  # unit -> nodes where one of its attempts crashed
         self.warm = RayWarmPool(self, {} if identities is None else identities, idle_s=warm_idle_s, max_idle=max_idle)
 
     def node_alive(self, node_id: str) -> bool:
@@ -112,14 +138,34 @@ class RayExecutor:
         write_args_file(request.files, request.args)  # the record of what ran, as locally
         step = self.m.steps[request.unit[0]]
         need = task_resources(step.resources, step.fallback, self._has_gpus)
+        avoid = self._avoided(request, need)
+        outcome = None
         if self.warm.identity(request.worker) is not None:
-            outcome = self.warm.attempt(request, need)
-            if outcome is not None:
-                return outcome
-        return self._one_shot(request, need)
+            outcome = self.warm.attempt(request, need, avoid)
+        if outcome is None:
+            outcome = self._one_shot(request, need, avoid)
+        if outcome.kind == "crash" and outcome.node:
+            self._crashed_on.setdefault(request.unit, set()).add(outcome.node["node_id"])
+        return outcome
 
-    def _one_shot(self, request: AttemptRequest, need: TaskResources) -> AttemptOutcome:
-        task = self._remote.options(**need.ray_options(), num_returns="streaming", max_retries=0,
+    def _avoided(self, request: AttemptRequest, need: TaskResources) -> set[str]:
+        """The nodes a retry stays off: those where an attempt of the same unit crashed (its worker died there:
+        out of memory, a bad GPU, a lost node), as long as another alive node could take it."""
+        crashed = self._crashed_on.get(request.unit, set())
+        if not crashed:
+            return set()
+        others = [n for n in self.ray.nodes() if n.get("Alive") and n["NodeID"] not in crashed]
+        return set() if unplaceable(need.wanted(), others) is not None else set(crashed)
+
+    def placement_options(self, need: TaskResources, avoid: set[str]) -> dict[str, Any]:
+        """Ray options for the resources and, on a retry, the nodes to stay off (Ray's node-id label)."""
+        options = need.ray_options()
+        if avoid:
+            options["label_selector"] = {"ray.io/node-id": "!in(" + ",".join(sorted(avoid)) + ")"}
+        return options
+
+    def _one_shot(self, request: AttemptRequest, need: TaskResources, avoid: set[str]) -> AttemptOutcome:
+        task = self._remote.options(**self.placement_options(need, avoid), num_returns="streaming", max_retries=0,
                                     **self.stream_options()
                                     ).remote({**self.host_spec(request, need), **self.request_spec(request)})
         follow = Follow(self, request, task, cancel=lambda: self.ray.cancel(task))

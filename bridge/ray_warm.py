@@ -68,16 +68,17 @@ class RayWarmPool:
         return found if usable else None
 
     # one attempt --------------------------------------------------------------------------------------------
-    def attempt(self, request: AttemptRequest, need: TaskResources) -> AttemptOutcome | None:
-        """The attempt on a warm actor; None when the worker's `--serve` did not start (run it one-shot)."""
+    def attempt(self, request: AttemptRequest, need: TaskResources, avoid: set[str]) -> AttemptOutcome | None:
+        """The attempt on a warm actor, off the nodes in `avoid`; None when the worker's `--serve` did not start
+        (run it one-shot)."""
         started = time.monotonic()
         deadline = started + request.timeout_s  # starting a process counts against the step's timeout
         key = _key(request, need)
         mkey = model_key(self.identity(request.worker), request.args)
-        host = self._checkout(key, mkey)
+        host = self._checkout(key, mkey, avoid)
         if host is None:
             try:
-                host, failed = self._start(request, need, key, mkey, deadline)
+                host, failed = self._start(request, need, key, mkey, avoid, deadline)
             except (Lost, Interrupted) as exc:
                 return self.x.ended(exc, request, None, started)
             if host is None:
@@ -103,19 +104,20 @@ class RayWarmPool:
             self._drop(host)  # it did not answer: its process is gone (a fresh actor takes its place)
         return outcome
 
-    def _start(self, request: AttemptRequest, need: TaskResources, key: str, mkey: str | None,
+    def _start(self, request: AttemptRequest, need: TaskResources, key: str, mkey: str | None, avoid: set[str],
                deadline: float) -> tuple[_Host | None, AttemptOutcome | None]:
         """A new actor, placed and with its process ready; or (an idle actor of this key that turned up while
         it waited, None); or (None, why not); (None, None): `--serve` failed, run the attempt one-shot."""
         spec = self.x.host_spec(request, need)
-        actor = self._cls.options(**need.ray_options(), max_concurrency=2, max_restarts=0).remote(spec)
+        actor = self._cls.options(**self.x.placement_options(need, avoid), max_concurrency=2,
+                                  max_restarts=0).remote(spec)
         where = actor.where.remote()
         taken: list[_Host] = []
 
         def placed_or_taken() -> bool:
             if wait_ref(self.x, where, None, lambda: self._kill(actor), lambda t: t):
                 return True
-            taken.extend(filter(None, [self._checkout(key, mkey)]))
+            taken.extend(filter(None, [self._checkout(key, mkey, avoid)]))
             return bool(taken)
 
         placing = time.monotonic()
@@ -158,9 +160,9 @@ class RayWarmPool:
         return None
 
     # idle actors --------------------------------------------------------------------------------------------
-    def _checkout(self, key: str, mkey: str | None) -> _Host | None:
+    def _checkout(self, key: str, mkey: str | None, avoid: set[str]) -> _Host | None:
         with self._lock:
-            same = [h for h in self._idle if h.key == key]
+            same = [h for h in self._idle if h.key == key and h.node["node_id"] not in avoid]
             same.sort(key=lambda h: h.model_key != mkey)  # the one holding the model first
             if not same:
                 return None

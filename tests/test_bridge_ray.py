@@ -12,7 +12,9 @@ from pathlib import Path
 import psutil
 import pytest
 from bridge_helpers import (
+    BARE,
     COMMITTED_SCHEMAS,
+    REPO,
     bare_manifest,
     bridge_env,
     events,
@@ -29,6 +31,7 @@ from ray_cluster import two_nodes  # noqa: E402
 from bridge.ray_executor import RayOptions  # noqa: E402
 
 pytestmark = pytest.mark.slow
+POOL = str(REPO / "tests" / "fixtures" / "pool_worker.py")
 
 
 @pytest.fixture(scope="module")
@@ -187,16 +190,19 @@ def _alive(proc: psutil.Process) -> bool:
         return False
 
 
-def test_a_lost_node_is_a_crash_retried_on_another_node(cluster, tmp_path):
+@pytest.mark.parametrize("warm", [False, True])
+def test_a_lost_node_is_a_crash_retried_on_another_node(cluster, tmp_path, warm):
     doomed = cluster.add_node(num_cpus=1, resources={"doomed": 1})
     cluster.wait_for_nodes()
     hold = tmp_path / "hold"  # the items run until it is removed: the doomed node's attempt can only be lost
     hold.write_text("")
+    each = ({"worker": "pool", "args": {"tag": "${item}", "hang_while_file": str(hold)}} if warm else  # an actor
+            {"worker": "bare", "args": {"mode": "hang", "sleep_s": 60, "hang_while_file": str(hold),
+                                        "outputs": {"i.txt": "${item}"}}})
     doc = bare_manifest([
         {"id": "list", "worker": "bare", "args": {"echo": ["0", "1", "2", "3"]}},
-        {"id": "each", "worker": "bare", "foreach": "${steps.list.result.echo}",
-         "args": {"mode": "hang", "sleep_s": 60, "hang_while_file": str(hold), "outputs": {"i.txt": "${item}"}}},
-    ], max_attempts=2)
+        {"id": "each", "foreach": "${steps.list.result.echo}", **each},
+    ], max_attempts=2, workers={"bare": [sys.executable, BARE], "pool": [sys.executable, POOL]})
     path = write_manifest(tmp_path, doc)
     result = {}
 
@@ -225,6 +231,7 @@ def test_a_lost_node_is_a_crash_retried_on_another_node(cluster, tmp_path):
     assert [a["error_kind"] for a in attempts] == ["crash", None]
     assert doomed.node_id[:12] in attempts[0]["message"] and attempts[1]["node"]["node_id"] != doomed.node_id
     everything = _attempts(wd, "each")
+    assert all(a["warm"] is warm for a in everything)
     # the other items ran once, unless Ray placed one on the dying node too before it counted as dead: then
     # that one crashed the same way and was retried elsewhere
     assert all(doomed.node_id[:12] in a["message"] for a in everything if a["error_kind"] == "crash")

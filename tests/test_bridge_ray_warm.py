@@ -172,3 +172,17 @@ def _alive(proc: psutil.Process) -> bool:
         return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+@pytest.mark.parametrize("warm", [True, False])
+def test_a_retry_after_a_crash_stays_off_the_node_it_crashed_on(cluster, tmp_path, warm):
+    markers = [str(tmp_path / f"crashed-{k}") for k in range(6)]  # each item crashes once, then succeeds
+    steps = [{"id": "list", "worker": "pool", "args": {"items": markers}},
+             {"id": "each", "worker": "pool", "foreach": "${steps.list.result.items}",
+              "args": {"tag": "${index}", "crash_once": "${item}"}, "ignore_input_files": ["crash_once"]}]
+    code, out, _ = _run(tmp_path, _manifest(steps, max_attempts=2), jobs=3, data="shared", warm=warm)
+    assert code == 0, out
+    attempts = _attempts(tmp_path / "t.work", "each")
+    assert [a["error_kind"] for a in attempts] == ["crash", None] * 6
+    for crashed, retried in zip(attempts[::2], attempts[1::2], strict=True):
+        assert retried["node"]["node_id"] != crashed["node"]["node_id"]  # the other node: both can take it
