@@ -7,7 +7,10 @@ Printed in one run, on a Ray cluster this script starts on this machine (`ray.cl
      executor on a 1-node cluster (2 CPUs), in data mode `ship` and `shared`; runner time in-process (the
      interpreter start and the Ray connection left out), per step and the ratio;
   2. 8 CPU-bound items (each burns 2 s of CPU) through the Ray executor: a 1-node cluster with 1 CPU, then the
-     same with a second node of 1 CPU added; the walls and the speedup.
+     same with a second node of 1 CPU added; the walls and the speedup;
+  3. warm actors: 8 items of a warm-capable worker whose model load takes 2 s and each job 0.2 s
+     (tests/fixtures/pool_worker.py), `--jobs 2` on a 1-node cluster with 2 CPUs, with warm actors (the default)
+     and with `--no-warm` (one process per attempt); the walls, the ratio and the model loads counted.
 The no-op worker is a /bin/sh script; the CPU-bound one a few lines of Python.
 """
 
@@ -111,16 +114,54 @@ def speedup(tmp: Path, items: int, cpu_s: float) -> None:
     print(f"   1 node  {one:6.2f} s\n   2 nodes {two:6.2f} s  speedup {one / two:4.2f}x")
 
 
+def warm(tmp: Path, items: int, load_s: float) -> None:
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from bridge.ray_executor import RayOptions
+
+    pool = str(REPO / "tests" / "fixtures" / "pool_worker.py")
+    walls, loads = {}, {}
+    cluster = Cluster(initialize_head=True, connect=True, head_node_args={"num_cpus": 2})
+    try:
+        for mode in ("warm", "no-warm"):
+            log = tmp / f"loads-{mode}.log"
+            doc = {"version": 1, "name": f"warm_{mode}", "workers": {"pool": [sys.executable, pool]},
+                   "steps": [{"id": "list", "worker": "pool", "args": {"items": list(range(items))}},
+                             {"id": "each", "worker": "pool", "foreach": "${steps.list.result.items}",
+                              "args": {"tag": "${item}", "model": "big", "load_s": load_s, "sleep_s": 0.2,
+                                       "loads_file": str(log)}, "ignore_input_files": ["loads_file"]}]}
+            path = tmp / f"warm_{mode}.json"
+            path.write_text(json.dumps(doc), encoding="utf-8")
+            walls[mode] = run_in_process(path, jobs=2, executor="ray", warm=mode == "warm",
+                                         ray=RayOptions(data="shared"))
+            loads[mode] = sum(line.endswith(" big") for line in log.read_text("utf-8").splitlines())
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    print(f"3. {items} items, a {load_s:g} s model load and a 0.2 s job each, --jobs 2 (ray executor, 1 node of "
+          "2 CPUs)")
+    print(f"   warm actors {walls['warm']:6.2f} s  {loads['warm']} model loads\n"
+          f"   --no-warm   {walls['no-warm']:6.2f} s  {loads['no-warm']} model loads  "
+          f"warm is {walls['no-warm'] / walls['warm']:4.2f}x faster")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--items", type=int, default=8)
     parser.add_argument("--item-cpu-s", type=float, default=2.0)
+    parser.add_argument("--load-s", type=float, default=2.0)
+    parser.add_argument("--only", choices=["overhead", "speedup", "warm"])
     opts = parser.parse_args()
     os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])  # the nodes' workers
     with tempfile.TemporaryDirectory(prefix="ray-bench-") as tmp:
-        overhead(Path(tmp), opts.steps)
-        speedup(Path(tmp), opts.items, opts.item_cpu_s)
+        if opts.only in (None, "overhead"):
+            overhead(Path(tmp), opts.steps)
+        if opts.only in (None, "speedup"):
+            speedup(Path(tmp), opts.items, opts.item_cpu_s)
+        if opts.only in (None, "warm"):
+            warm(Path(tmp), opts.items, opts.load_s)
 
 
 if __name__ == "__main__":

@@ -69,6 +69,7 @@ def connect(options: RayOptions) -> bool:
         return False
     where = options.address or "a new local instance"
     outcome: dict[str, BaseException | None] = {}
+    answered = threading.Event()
 
     def init() -> None:
         try:
@@ -76,12 +77,15 @@ def connect(options: RayOptions) -> bool:
             outcome["error"] = None
         except Exception as exc:  # noqa: BLE001 - ConnectionError, ValueError, RuntimeError: all mean "no cluster"
             outcome["error"] = exc
+        answered.set()
+        # The thread stays: the Ray instance ray.init may start here (no address) dies with the thread that
+        # started it (measured: a GCS lost a minute later when this thread had ended).
+        threading.Event().wait()
 
     # ray.init waits minutes for an address where nothing answers; the run gives up after connect_timeout_s
-    # (the thread is left behind: the runner exits with the setup error).
-    thread = threading.Thread(target=init, daemon=True, name="ray-connect")
-    thread.start()
-    thread.join(options.connect_timeout_s)
+    # (then the runner exits with the setup error, leaving the thread behind).
+    threading.Thread(target=init, daemon=True, name="ray-connect").start()
+    answered.wait(options.connect_timeout_s)
     if "error" not in outcome:
         raise RayUnavailable(f"cannot reach the Ray cluster at {where}: no answer within "
                              f"--ray-connect-timeout-s {options.connect_timeout_s:g}")
@@ -119,10 +123,11 @@ class RayExecutor:
                 self._alive = (time.monotonic(), alive)
         return node_id in alive
 
-    def short_of(self, need: TaskResources) -> bool:
-        """The cluster has less free than the attempt asks for (a busy or an idle-warm cluster)."""
+    def short_of(self, need: TaskResources) -> set[str]:
+        """What the cluster has less of free than the attempt asks for, among what idle warm actors hold (all
+        but CPUs): evicting an idle actor can only help with those."""
         free = self.ray.available_resources()
-        return any(free.get(name, 0) < amount for name, amount in need.wanted().items())
+        return {name for name, amount in need.wanted().items() if name != "CPU" and free.get(name, 0) < amount}
 
     def submit(self, request: AttemptRequest) -> None:
         warm = self.warm.identity(request.worker) is not None

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 #: How often a waiting attempt looks at the cancel event.
 POLL_S = 0.1
 #: A task or actor not placed after this long, while the cluster lacks what it asks for, evicts an idle warm
-#: actor (which holds resources while its model stays loaded).
+#: actor holding some of that (its GPU, while its model stays loaded).
 EVICT_AFTER_S = 0.5
 
 
@@ -58,10 +58,10 @@ def wait_ref(x: RayExecutor, ref: Any, node: dict[str, Any] | None, on_cancel: C
 
 
 def wait_placed(x: RayExecutor, ready: Callable[[], bool], need: TaskResources,
-                evict: Callable[[], bool] = lambda: False) -> bool:
+                evict: Callable[[set[str]], bool]) -> bool:
     """Poll `ready` until the attempt runs on a node; False when no node can ever take it (checked every
-    --placement-timeout-s: a cluster that is only busy is waited for). While the cluster lacks the room, idle
-    warm actors are evicted one at a time (`evict`, True when one went)."""
+    --placement-timeout-s: a cluster that is only busy is waited for). While the cluster lacks a resource that
+    idle warm actors hold (GPUs, memory, custom), they are evicted one at a time (`evict`, True when one went)."""
     started = time.monotonic()
     deadline = started + x.opts.placement_timeout_s
     evict_at = started + EVICT_AFTER_S
@@ -69,7 +69,8 @@ def wait_placed(x: RayExecutor, ready: Callable[[], bool], need: TaskResources,
         now = time.monotonic()
         if now >= evict_at:
             evict_at = now + EVICT_AFTER_S
-            if x.short_of(need) and evict():
+            short = x.short_of(need)
+            if short and evict(short):
                 deadline = now + x.opts.placement_timeout_s  # room is being made: the wait starts over
         if now >= deadline:
             if unplaceable(need.wanted(), x.ray.nodes()) is not None:

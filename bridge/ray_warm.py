@@ -3,6 +3,13 @@
 warm pool (bridge/warm_pool.py) keeps it on one machine. The runner stays the head: it classifies each answer,
 verifies the outputs and commits, exactly as for a one-shot task.
 
+What an actor holds while it lives: the step's GPUs (its model stays in their memory), memory and custom
+resources. Not its CPUs (`num_cpus=0`, like a plain Ray actor while it runs): otherwise idle actors of the steps
+of a pipeline that take turns (keyframe, check, clip, ...) starve each other of CPUs (measured: the story on a
+2-CPU Ray instance took 3m46 with CPUs held, every attempt evicting another worker's actor). --jobs bounds the
+attempts running at once, and the worker's threads follow the step's `cpu`. The price: an actor of a step
+without GPUs or custom resources is placed by Ray's default policy (this node first), not spread by CPUs.
+
 Actors are keyed like the local pool's processes (worker, argv, environment) plus what they hold (the step's
 Ray resources) and the working directory. An attempt takes an idle actor of its key (the one whose last request
 had the same model key first); else it creates one, and takes over an actor of its key that turns idle while
@@ -44,6 +51,7 @@ class _Host:
     worker: str
     node: dict[str, Any]
     pid: int
+    holds: dict[str, float]  # what it holds while it lives (as Ray names resources)
     model_key: str | None = None
     idle_since: float = field(default_factory=time.monotonic)
 
@@ -109,8 +117,9 @@ class RayWarmPool:
         """A new actor, placed and with its process ready; or (an idle actor of this key that turned up while
         it waited, None); or (None, why not); (None, None): `--serve` failed, run the attempt one-shot."""
         spec = self.x.host_spec(request, need)
-        actor = self._cls.options(**self.x.placement_options(need, avoid), max_concurrency=2,
-                                  max_restarts=0).remote(spec)
+        options = self.x.placement_options(need, avoid)
+        options["num_cpus"] = 0  # no CPU held while it lives (see above)
+        actor = self._cls.options(**options, max_concurrency=2, max_restarts=0).remote(spec)
         where = actor.where.remote()
         taken: list[_Host] = []
 
@@ -121,7 +130,7 @@ class RayWarmPool:
             return bool(taken)
 
         placing = time.monotonic()
-        if not wait_placed(self.x, placed_or_taken, need, evict=lambda: self.evict_one(but=key)):
+        if not wait_placed(self.x, placed_or_taken, need, evict=lambda short: self.evict_one(short, but=key)):
             self._kill(actor)
             return None, self.x.not_placed(need, time.monotonic() - placing)
         if taken:
@@ -130,7 +139,8 @@ class RayWarmPool:
         node = {**self.x.ray.get(where), "data": self.x.opts.data}
         info = self._started(actor, node, min(READY_TIMEOUT_S, max(0.0, deadline - time.monotonic())))
         if "start_error" not in info:
-            return _Host(actor, key, request.worker, node, info["pid"]), None
+            holds = {name: amount for name, amount in need.wanted().items() if name != "CPU"}
+            return _Host(actor, key, request.worker, node, info["pid"], holds), None
         self._kill(actor)
         return None, self._start_failed(request, info["start_error"])
 
@@ -178,10 +188,10 @@ class RayWarmPool:
         for extra in surplus:
             self._drop(extra)
 
-    def evict_one(self, but: str | None = None) -> bool:
-        """The cluster needs room: the longest idle actor of another key goes (True when one did)."""
+    def evict_one(self, short: set[str], but: str | None = None) -> bool:
+        """The cluster lacks `short`: the longest idle actor of another key that holds some goes (True if one did)."""
         with self._lock:
-            victims = [h for h in self._idle if h.key != but]
+            victims = [h for h in self._idle if h.key != but and any(h.holds.get(name) for name in short)]
             if not victims:
                 return False
             self._idle.remove(victims[0])
