@@ -47,6 +47,7 @@ class RayOptions:
     address: str | None = None  # None: start a Ray instance on this machine; "auto": the one `ray start` made
     data: str = "ship"
     placement_timeout_s: float = 60.0
+    gpu_gb: float | None = None  # --ray-gpu-gb: one GPU's memory; a step's vram_gb becomes a share of one GPU
 
 
 class RayUnavailable(Exception):

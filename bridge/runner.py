@@ -100,8 +100,11 @@ class Runner:
             self.say(f"[unusable workdir] {exc}")
             return EXIT_INVALID
         try:
-            self.slots = (machine.cluster_slot_pool(self.opts.jobs) if self.opts.executor == "ray" else
-                          machine.slot_pool(self.m, self.opts.jobs, self.opts.gpus, self.env))
+            if self.opts.executor == "ray":
+                gpu_gb = self.opts.ray.gpu_gb if self.opts.ray is not None else None
+                self.slots = machine.cluster_slot_pool(self.m, self.opts.jobs, gpu_gb)
+            else:
+                self.slots = machine.slot_pool(self.m, self.opts.jobs, self.opts.gpus, self.env)
         except machine.ResourcesImpossible as exc:
             self.say(f"[resources] {exc}")
             return EXIT_INVALID
