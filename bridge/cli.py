@@ -54,25 +54,9 @@ def _validate(opts: argparse.Namespace) -> int:
     loaded, code = _load_manifest(opts.manifest, opts.json, param_overrides(opts))
     if loaded is None:
         return code
-    from .machine import resource_problems
-    from .worker_client import worker_env
+    from .validate_cmd import validate
 
-    problems = resource_problems(loaded, _gpus(opts.gpus), worker_env())  # steps this machine can never start
-    if problems:
-        if opts.json:
-            print(json.dumps({"ok": False, "manifest": str(loaded.path),
-                              "errors": [{"path": "$", "message": p, "type": "resources"} for p in problems]}))
-        else:
-            print(f"manifest {loaded.path} cannot run on this machine:", file=sys.stderr)
-            for line in problems:
-                print(f"  {line}", file=sys.stderr)
-        return 2
-    if opts.json:
-        print(json.dumps({"ok": True, "manifest": str(loaded.path), "workdir": str(loaded.workdir),
-                          "order": loaded.order}, ensure_ascii=False))
-    else:
-        print(f"manifest {loaded.path} is valid: {len(loaded.order)} step(s), order {' -> '.join(loaded.order)}")
-    return 0
+    return validate(loaded, opts.json, _gpus(opts.gpus), _ray_options(opts))
 
 
 def _run(opts: argparse.Namespace) -> int:
@@ -114,8 +98,10 @@ def _ray_options(opts: argparse.Namespace):
         return None
     from .ray_executor import RayOptions  # imports no ray itself: that happens when the run connects
 
-    return RayOptions(address=opts.ray_address, data=opts.ray_data, placement_timeout_s=opts.placement_timeout_s,
-                      connect_timeout_s=opts.ray_connect_timeout_s)
+    # `run` has these two too; `validate` places nothing and keeps the defaults
+    run_only = {"data": opts.ray_data, "placement_timeout_s": opts.placement_timeout_s} if "ray_data" in vars(opts) else {}
+    return RayOptions(address=opts.ray_address, gpu_gb=opts.ray_gpu_gb, connect_timeout_s=opts.ray_connect_timeout_s,
+                      **run_only)
 
 
 GPUS_HELP = ("GPUs to hand out: `0,1`, `0:24,1:24` (index:VRAM budget in GB) or `none` "
@@ -176,6 +162,13 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _positive_gb(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of GB (more than 0)")
+    return value
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -198,6 +191,8 @@ def _add_validate(sub) -> None:
     validate.add_argument("--json", action="store_true", help="print the result as one JSON document")
     validate.add_argument("--gpus", metavar="SPEC", type=_gpu_spec, help=GPUS_HELP)
     _add_param_option(validate)
+    _add_cluster_flags(validate, "whose resources to check against: this machine (default) or a Ray cluster, "
+                       "each step against every alive node (exit 2: a step no node can run; 4: unreachable)")
     validate.set_defaults(func=_validate)
 
 
@@ -230,19 +225,25 @@ def _add_run(sub) -> None:
     run.set_defaults(func=_run)
 
 
+def _add_cluster_flags(parser, executor_help: str) -> None:
+    parser.add_argument("--executor", choices=["local", "ray"], default="local", help=executor_help)
+    parser.add_argument("--ray-address", metavar="ADDR",
+                        help="the Ray cluster: `auto` (the one `ray start` made here) or the head's HOST:PORT (default: "
+                        "a Ray instance started on this machine); Ray Client (ray://) is refused: it cannot stream")
+    parser.add_argument("--ray-connect-timeout-s", type=_seconds, default=60.0, metavar="S",
+                        help="give up (exit 4) when the Ray cluster does not answer within S seconds (default 60)")
+    parser.add_argument("--ray-gpu-gb", type=_positive_gb, metavar="GB",
+                        help="the memory of one GPU of the Ray fleet: a one-GPU step with `vram_gb` V asks Ray for "
+                        "V/GB of a GPU (rounded up to 0.01), so steps that fit together share a GPU")
+
+
 def _add_ray_flags(run) -> None:
-    run.add_argument("--executor", choices=["local", "ray"], default="local",
-                     help="where attempts run: this machine (default) or a Ray cluster (docs/scale-out.md)")
-    run.add_argument("--ray-address", metavar="ADDR",
-                     help="the Ray cluster: `auto` (the one `ray start` made here) or the head's HOST:PORT (default: a "
-                     "Ray instance started on this machine); Ray Client (ray://) is refused: it cannot stream")
+    _add_cluster_flags(run, "where attempts run: this machine (default) or a Ray cluster (docs/scale-out.md)")
     run.add_argument("--ray-data", choices=["ship", "shared"], default="ship",
                      help="`ship` (default): inputs and outputs travel through Ray's object store; `shared`: every "
                      "node mounts the workdir at the same path")
     run.add_argument("--placement-timeout-s", type=_seconds, default=60.0, metavar="S",
                      help="an attempt that no Ray node can take fails after S seconds (default 60)")
-    run.add_argument("--ray-connect-timeout-s", type=_seconds, default=60.0, metavar="S",
-                     help="give up (exit 4) when the Ray cluster does not answer within S seconds (default 60)")
 
 
 #: The runner's commands, each added to a subparsers action: ours below, or the `storybridge` front door's.

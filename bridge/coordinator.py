@@ -1,8 +1,8 @@
 """The coordinator: the one place that applies decisions and attempt outcomes to run state, results, events
 and the trace. Event-driven: a unit is decided the moment its dependencies settle, started the moment a slot
-is free, and its outcome is applied the moment its executor posts it. Executors run attempts on their own
-threads and only post plain values back (`executor.Message`), so every state.db write happens here, in
-order, on one thread.
+is free, and its outcome is applied the moment its executor posts it (attempt_settler.py: commit, retry, give
+up, stop). Executors run attempts on their own threads and only post plain values back (`executor.Message`),
+so every state.db write happens here, in order, on one thread.
 
 Graph nodes (scheduler): ("step", ID) for a step; for a foreach step also ("expand", ID), which turns its list
 into items, and ("item", ID, i) per item, with ("step", ID) waiting for all of its items.
@@ -17,8 +17,8 @@ from typing import Any
 
 import psutil
 
-from . import execute, safefs
-from .answer import AttemptOutcome
+from . import execute
+from .attempt_settler import AttemptSettler
 from .executor import AttemptExecutor, AttemptRequest, Finished, Message, Started, WorkerEvent
 from .foreach_steps import ForeachSteps
 from .gate_keeper import GateKeeper
@@ -48,6 +48,7 @@ class Coordinator:
         self.active: dict[tuple, UnitRun] = {}  # decided to run and not settled: queued, running or backing off
         self.foreach = ForeachSteps(self)
         self.gates = GateKeeper(self)
+        self.settler = AttemptSettler(self)
         self.position = {sid: i for i, sid in enumerate(ctx.m.order)}
 
     # the loop -----------------------------------------------------------------------------------------------
@@ -94,7 +95,7 @@ class Coordinator:
         if cancel.is_set():
             for node in self.scheduler.drop_queued():
                 if node in self.active:
-                    self._interrupted(self.active[node], None)
+                    self.settler.interrupted(self.active[node], None)
         if not self.active:
             return False
         message = self._next_message()
@@ -233,7 +234,7 @@ class Coordinator:
             payload = {k: v for k, v in ev.items() if k not in ("event", "ts", "run_id", "step", "attempt", "item")}
             self.ctx.events.emit(name, **run.ids(), attempt=run.attempt, worker_ts=ev.get("ts"), **payload)
         elif isinstance(message, Finished):
-            self._finished(run, message.outcome, message.warm)
+            self.settler.finished(run, message.outcome, message.warm)
 
     def _record_worker(self, row: int | None, pid: int) -> None:
         """The worker's pid and start time, so that a later runner can stop it if it outlives this one."""
@@ -244,73 +245,6 @@ class Coordinator:
         except (psutil.Error, ValueError):
             started = None
         self.ctx.state.set_attempt_worker(row, pid, started)
-
-    def _finished(self, run: UnitRun, outcome: AttemptOutcome, warm: bool) -> None:
-        ctx = self.ctx
-        self.scheduler.release(run.grant)
-        run.grant = None
-        committed = None
-        if outcome.ok:
-            try:
-                committed = execute.commit(ctx.wd, ctx.state, run.sid, run.item, run.files.staging_dir, outcome,
-                                           run.decision.key, run.decision.components, run.row)
-            except OSError as exc:
-                outcome = AttemptOutcome(ok=False, kind="commit_failed", message=f"could not commit: {exc}",
-                                         exit_code=outcome.exit_code, wall_s=outcome.wall_s,
-                                         peak_rss_mb=outcome.peak_rss_mb)
-        if committed is None:
-            ctx.state.end_attempt(run.row, execute.attempt_end(outcome))
-            safefs.remove_entry(run.files.staging_dir)
-        record = {"attempt": run.attempt, "status": execute.attempt_state(outcome).value,
-                  "exit_code": outcome.exit_code, "error_kind": outcome.kind, "message": outcome.message or None,
-                  "wall_s": outcome.wall_s, "peak_rss_mb": outcome.peak_rss_mb, "warnings": outcome.warnings,
-                  "warm": warm, "metrics": (outcome.envelope or {}).get("metrics"), **run.extra,
-                  **({"node": outcome.node} if outcome.node else {})}
-        run.trace.attempts.append(record)
-        ctx.events.emit("attempt_end", **run.ids(), **record)
-        if committed is not None:
-            run.trace.status = State.COMMITTED
-            self.planner.use_result(run.sid, run.item, committed.result, committed.key)
-            ctx.events.emit("step_committed", **run.ids(), attempts=run.attempt, key=committed.key,
-                            committed_dir=committed.directory,
-                            outputs=len((outcome.envelope or {}).get("outputs") or []))
-            self._settle(run)
-        elif outcome.kind == "interrupted":
-            self._interrupted(run, outcome)
-        elif execute.should_retry(outcome, run.policy.retry_on) and run.attempt < run.policy.max_attempts:
-            delay = execute.backoff_s(run.policy, run.attempt, ctx.rng.random())
-            ctx.events.emit("retry_scheduled", **run.ids(), attempt=run.attempt, next_attempt=run.attempt + 1,
-                            delay_s=round(delay, 3), error_kind=outcome.kind, message=outcome.message)
-            run.trace.status = State.WAITING
-            ctx.state.mark_waiting(run.sid, run.decision.key, item=run.item)
-            step = ctx.m.steps[run.sid]
-            self.scheduler.defer(run.node, step.resources, time.monotonic() + delay, step.worker)
-        else:
-            self._give_up(run, outcome)
-
-    def _settle(self, run: UnitRun) -> None:
-        run.stop_clock()
-        del self.active[run.node]
-        self.unit_done(run.node)
-
-    def _interrupted(self, run: UnitRun, outcome: AttemptOutcome | None) -> None:
-        error = (outcome.error_dict() if outcome is not None else
-                 {"kind": "interrupted", "message": "the runner was interrupted before the next attempt",
-                  "retryable": False, "exit_code": None})
-        run.trace.status, run.trace.error = State.INTERRUPTED, error
-        self.ctx.state.mark_failed(run.sid, run.decision.key, error, status=State.INTERRUPTED.value, item=run.item)
-        self.ctx.events.emit("step_interrupted", **run.ids(), attempt=run.attempt)
-        run.stop_clock()
-        self.active.pop(run.node, None)  # not `done`: nothing that depends on it is decided any more
-
-    def _give_up(self, run: UnitRun, outcome: AttemptOutcome) -> None:
-        run.trace.status, run.trace.error = State.FAILED, outcome.error_dict()
-        self.planner.failed[run.label] = f"{outcome.kind}: {outcome.message[:200]}"
-        self.ctx.state.mark_failed(run.sid, run.decision.key, outcome.error_dict(), item=run.item)
-        self.ctx.events.emit("step_failed", **run.ids(), attempts=run.attempt,
-                             optional=self.ctx.m.steps[run.sid].optional,
-                             why=execute.why_given_up(outcome, run.policy), **outcome.error_dict())
-        self._settle(run)
 
     # after an uncaught exception ------------------------------------------------------------------------------
     def mark_unsettled(self, status: State, error: dict[str, Any]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from .gpus import GpuSpecInvalid, detect_gpus
 from .manifest import LoadedManifest
+from .ray_placement import gpu_share_problems
 from .resources import Gpu, SlotPool
 
 
@@ -32,9 +33,13 @@ def slot_pool(m: LoadedManifest, jobs: int, gpus: list[Gpu] | None, env: dict[st
     return pool
 
 
-def cluster_slot_pool(jobs: int) -> SlotPool:
+def cluster_slot_pool(m: LoadedManifest, jobs: int, gpu_gb: float | None = None) -> SlotPool:
     """`--executor ray`: the head bounds only how many attempts are in flight (--jobs); GPUs, memory and custom
-    resources are placed by the cluster, and a request no node can meet fails at placement, per attempt."""
+    resources are placed by the cluster, and a request no node can meet fails at placement, per attempt. Only
+    a step whose `vram_gb` is more than one GPU of the fleet (`gpu_gb`, --ray-gpu-gb) is refused here."""
+    problems = gpu_share_problems(m.steps.values(), gpu_gb)
+    if problems:
+        raise ResourcesImpossible(problems)
     return SlotPool(jobs=max(1, jobs))
 
 

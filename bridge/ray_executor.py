@@ -15,6 +15,7 @@ before anything runs, so an unreachable cluster is a setup error, exit 4) and di
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from .answer import AttemptOutcome
 from .executor import AttemptRequest, AttemptThreads, Post
 from .manifest import LoadedManifest
 from .ray_follow import Follow, Interrupted, Lost, not_placed, wait_placed
-from .ray_placement import TaskResources, task_resources, unplaceable
+from .ray_placement import TaskResources, cluster_has_gpus, task_resources, unplaceable
 from .schemas import SchemaStore
 from .worker_client import DescribeFailed, WorkerIdentity, write_args_file
 
@@ -35,6 +36,8 @@ DATA_MODES = ("ship", "shared")
 NODE_CHECK_S = 1.0
 #: How long a crash on a lost node waits for the cluster to mark that node dead, so the retry goes elsewhere.
 NODE_DEATH_WAIT_S = 60.0
+#: How long a HOST:PORT address may take to accept a TCP connection before the cluster counts as unreachable.
+PROBE_TIMEOUT_S = 5.0
 #: Unconsumed objects a task may run ahead of the head (events and chunks): the bound on memory in flight.
 BACKPRESSURE_OBJECTS = 4
 
@@ -45,6 +48,7 @@ class RayOptions:
     data: str = "ship"
     placement_timeout_s: float = 60.0
     connect_timeout_s: float = 60.0
+    gpu_gb: float | None = None  # --ray-gpu-gb: one GPU's memory; a step's vram_gb becomes a share of one GPU
 
 
 class RayUnavailable(Exception):
@@ -67,6 +71,7 @@ def connect(options: RayOptions) -> bool:
         raise RayUnavailable('Ray is not installed: pip install "storybridge[ray]"') from None
     if ray.is_initialized():
         return False
+    _probe(options.address)
     where = options.address or "a new local instance"
     outcome: dict[str, BaseException | None] = {}
     answered = threading.Event()
@@ -95,6 +100,21 @@ def connect(options: RayOptions) -> bool:
     return True
 
 
+def _probe(address: str | None) -> None:
+    """Raise RayUnavailable when nothing listens at a HOST:PORT address. Ray's own connect retries such an
+    address for minutes (measured with 2.60: more than 5 min for 127.0.0.1:1); a TCP connect says so at once.
+    Other forms (none, `auto`, `ray://...`) are left to Ray."""
+    if not address or address in ("auto", "local") or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        return  # Ray words the error for a malformed address
+    try:
+        socket.create_connection((host, int(port)), timeout=PROBE_TIMEOUT_S).close()
+    except OSError as exc:
+        raise RayUnavailable(f"cannot reach the Ray cluster at {address}: {exc}") from None
+
+
 class RayExecutor:
     def __init__(self, post: Post, schemas: SchemaStore, cancel: threading.Event, manifest: LoadedManifest,
                  options: RayOptions, identities: dict[str, WorkerIdentity | DescribeFailed] | None = None, *,
@@ -106,7 +126,7 @@ class RayExecutor:
         self.ray = ray
         self.post, self.schemas, self.cancel, self.m, self.opts = post, schemas, cancel, manifest, options
         self._remote = ray.remote(ray_task.attempt_on_node)
-        self._has_gpus = any(n.get("Alive") and (n.get("Resources") or {}).get("GPU") for n in ray.nodes())
+        self._has_gpus = cluster_has_gpus(ray.nodes())
         self._threads = AttemptThreads(post, warm=False)
         self._warm_threads = AttemptThreads(post, warm=True)
         self._alive_lock = threading.Lock()
@@ -142,7 +162,7 @@ class RayExecutor:
     def _attempt(self, request: AttemptRequest) -> AttemptOutcome:
         write_args_file(request.files, request.args)  # the record of what ran, as locally
         step = self.m.steps[request.unit[0]]
-        need = task_resources(step.resources, step.fallback, self._has_gpus)
+        need = task_resources(step.resources, step.fallback, self._has_gpus, gpu_gb=self.opts.gpu_gb)
         avoid = self._avoided(request, need)
         outcome = None
         if self.warm.identity(request.worker) is not None:

@@ -3,12 +3,12 @@ retries, commit atomically, record everything.
 
 This module runs the whole: workdir, lock, state format, recovery, selection, then hands the selected steps
 to the coordinator (coordinator.py), which decides units (planner.py), queues them for slots (scheduler.py,
-resources.py) and runs their attempts through an executor (executor.py, warm_pool.py); then the records.
+resources.py) and runs their attempts through an executor (executor.py, warm_pool.py); then the records
+(run_records.py). A dry run only says the plan (dry_run.py).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import sqlite3
@@ -19,8 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from . import gate, machine, progress, report, workdir
-from .answer import clip
+from . import dry_run, gate, machine, progress, run_records, workdir
 from .coordinator import Coordinator, RunContext
 from .events import EventLog
 from .executor import LocalExecutor
@@ -30,12 +29,13 @@ from .planner import Planner, SelectionError
 from .proctree import stop_leftover
 from .report import StepTrace
 from .resources import Gpu, SlotPool
+from .run_records import RunRecords
 from .safefs import UnsafePath
 from .scheduler import Scheduler
 from .schemas import SchemaMissing, SchemaStore
 from .state import StateDB, StateFormatError
 from .states import State
-from .worker_client import WorkerIdentity, worker_env
+from .worker_client import worker_env
 
 EXIT_OK = 0
 EXIT_STEP_FAILED = 1
@@ -86,6 +86,7 @@ class Runner:
         self.coordinator: Coordinator | None = None
         self.display: progress.PlainLines | progress.RichProgress | None = None
         self._ray_owned = False  # this runner connected to Ray (and disconnects at the end)
+        self.records = RunRecords(self)
 
     @property
     def workdir(self) -> Path:
@@ -96,13 +97,16 @@ class Runner:
         try:
             self.wd = workdir.prepare(self.m.workdir)
         except (workdir.WorkdirUnusable, UnsafePath) as exc:
-            self._say(f"[unusable workdir] {exc}")
+            self.say(f"[unusable workdir] {exc}")
             return EXIT_INVALID
         try:
-            self.slots = (machine.cluster_slot_pool(self.opts.jobs) if self.opts.executor == "ray" else
-                          machine.slot_pool(self.m, self.opts.jobs, self.opts.gpus, self.env))
+            if self.opts.executor == "ray":
+                gpu_gb = self.opts.ray.gpu_gb if self.opts.ray is not None else None
+                self.slots = machine.cluster_slot_pool(self.m, self.opts.jobs, gpu_gb)
+            else:
+                self.slots = machine.slot_pool(self.m, self.opts.jobs, self.opts.gpus, self.env)
         except machine.ResourcesImpossible as exc:
-            self._say(f"[resources] {exc}")
+            self.say(f"[resources] {exc}")
             return EXIT_INVALID
         if self.opts.dry_run:
             return self._dry_run()
@@ -110,10 +114,10 @@ class Runner:
         try:
             lock.acquire()
         except WorkdirLocked as exc:
-            self._say(f"[refused] {exc}")
+            self.say(f"[refused] {exc}")
             return EXIT_LOCKED
         except UnsafePath as exc:
-            self._say(f"[unusable workdir] {exc}")
+            self.say(f"[unusable workdir] {exc}")
             return EXIT_INVALID
         try:
             if self.opts.executor == "ray" and not self._connect_ray():
@@ -139,7 +143,7 @@ class Runner:
         try:
             self._open_state()
         except StateFormatError as exc:
-            self._say(f"[unusable workdir] {exc}")
+            self.say(f"[unusable workdir] {exc}")
             return EXIT_INVALID
         self.events = EventLog(self.wd.events, self.run_id, self.events_mirror)
         self.display = progress.for_console(self.console, self.opts.quiet, len(self.m.order))
@@ -151,56 +155,29 @@ class Runner:
             # The real outcome, everywhere: a KeyboardInterrupt is an interruption (130); anything else is a
             # runner error, and the process exits 1 with the traceback, so the records say 1 and "error".
             interrupted = isinstance(exc, KeyboardInterrupt)
-            self._record_exception(exc, "interrupted" if interrupted else "failed")
-            self._finish(started, EXIT_INTERRUPTED if interrupted else EXIT_STEP_FAILED,
+            self.records.record_exception(exc, "interrupted" if interrupted else "failed")
+            self.records.finish(started, EXIT_INTERRUPTED if interrupted else EXIT_STEP_FAILED,
                          "interrupted" if interrupted else "error")
             raise
-        self._finish(started, exit_code, RUN_STATUS.get(exit_code, "failed"))
+        self.records.finish(started, exit_code, RUN_STATUS.get(exit_code, "failed"))
         return exit_code
-
-    def _finish(self, started: float, exit_code: int, status: str) -> None:
-        try:
-            self.state.end_run(self.run_id, status, exit_code)
-            self._write_trace(exit_code, status, time.monotonic() - started)
-            summary: dict[str, Any] = dict(report.status_counts(self.trace))
-            if self.m.gated_by:
-                summary["gate_never_passed"] = self._gate_never_passed()
-            self.events.emit("run_end", status=status, exit_code=exit_code,
-                             wall_s=round(time.monotonic() - started, 3), summary=summary)
-            if self.display is not None:
-                self.display.close()
-            self._print_summary(exit_code)
-        finally:
-            self.events.close()
-            self.state.close()
-
-    def _record_exception(self, exc: BaseException, step_status: str) -> None:
-        """Best effort (the exception itself must surface): the step in progress and its attempt get it."""
-        kind = "interrupted" if step_status == "interrupted" else "runner_error"
-        error = {"kind": kind, "message": clip(f"{type(exc).__name__}: {exc}"), "retryable": False, "exit_code": None}
-        try:
-            if self.coordinator is not None:
-                self.coordinator.mark_unsettled(State(step_status), error)
-            self.state.settle_running(self.run_id, step_status, error)
-        except Exception:  # noqa: BLE001 - never hide the original exception behind a second one
-            pass
 
     def _run_body(self) -> int:
         try:
             self.schemas.envelope()
         except SchemaMissing as exc:
-            self._say(f"[setup error] {exc}")
+            self.say(f"[setup error] {exc}")
             return EXIT_SETUP
-        self.state.start_run(self.run_id, str(self.m.path), self._options_dict())
+        self.state.start_run(self.run_id, str(self.m.path), self.records.options())
         self._recover_previous_run()
         self._clean_scratch()
         self.events.emit("run_start", manifest=str(self.m.path), workdir=str(self.workdir),
-                         steps=list(self.m.order), options=self._options_dict(), params=self.m.params,
+                         steps=list(self.m.order), options=self.records.options(), params=self.m.params,
                          pid=os.getpid())
         try:
             selected = self._select()
         except SelectionError as exc:
-            self._say(f"[invalid selection] {exc}")
+            self.say(f"[invalid selection] {exc}")
             return EXIT_INVALID
         return self._execute_all(selected)
 
@@ -224,19 +201,18 @@ class Runner:
             if sid not in selected:
                 self.trace[sid] = StepTrace(status=State.NOT_SELECTED, optional=self.m.steps[sid].optional)
         ctx = RunContext(m=self.m, wd=self.wd, state=self.state, events=self.events, schemas=self.schemas,
-                         env=self.env, cancel=self.cancel, run_id=self.run_id, rng=self.rng, say=self._say,
+                         env=self.env, cancel=self.cancel, run_id=self.run_id, rng=self.rng, say=self.say,
                          explain=self.opts.explain)
         self.coordinator = Coordinator(ctx, self.planner, Scheduler(self.slots), self.trace, self._executor)
         if self.display is not None:
             self.display.expect(len(selected))
         if self.opts.explain:
             for _, _, line in gate.plan_lines(self.m.gated_by, self.m.steps, selected):
-                self._say(f"gate    {line}")
+                self.say(f"gate    {line}")
         self.coordinator.run(selected)
         if self.cancel.is_set():
             return EXIT_INTERRUPTED
-        hard = [s for s, t in self.trace.items() if t.status in ("failed", "skipped") and not self._tolerated(s)]
-        return EXIT_STEP_FAILED if hard else EXIT_OK
+        return EXIT_STEP_FAILED if run_records.hard_failures(self.m, self.trace) else EXIT_OK
 
     def _executor(self, post):
         # Idle warm processes kept: the slot count, plus one per worker, so a pipeline whose steps take turns
@@ -261,83 +237,30 @@ class Runner:
         try:
             self._ray_owned = connect(self.opts.ray or RayOptions())
         except RayUnavailable as exc:
-            self._say(f"[setup error] {exc}")
+            self.say(f"[setup error] {exc}")
             return False
         return True
-
-    def _tolerated(self, sid: str) -> bool:
-        """A failure (or a skip) that does not fail the run: the step, or the upstream that blocked it, is optional."""
-        if self.m.steps[sid].optional:
-            return True
-        tr = self.trace[sid]
-        if tr.status != "skipped":
-            return False
-        blockers = [d for d in self.m.ancestors(sid) if self.trace.get(d) and self.trace[d].status == "failed"]
-        return bool(blockers) and all(self.m.steps[d].optional for d in blockers)
 
     # ---------------------------------------------------------------------------------------- dry run
     def _dry_run(self) -> int:
         try:
             self._open_state()
         except (StateFormatError, sqlite3.Error) as exc:
-            self._say(f"[unusable workdir] {exc}")
+            self.say(f"[unusable workdir] {exc}")
             return EXIT_INVALID
         try:
             try:
                 selected = self._select()
             except SelectionError as exc:
-                self._say(f"[invalid selection] {exc}")
+                self.say(f"[invalid selection] {exc}")
                 return EXIT_INVALID
-            for d in self.planner.plan(selected):
-                self._say(f"{d.action.value:<7} {d.label}: {d.reason}")
-                if self.events_mirror:
-                    item = {} if d.item < 0 else {"item": d.item}
-                    self.events_mirror.write(json.dumps({"event": "plan", "step": d.step, **item,
-                                                         "action": d.action.value, "reason": d.reason,
-                                                         "key": d.key}) + "\n")
-            self._plan_gates(selected)
+            dry_run.say_plan(self.planner, self.m, selected, self.say, self.events_mirror)
             return EXIT_OK
         finally:
             self.state.close()
 
-    def _plan_gates(self, selected: list[str]) -> None:
-        """What each quality gate would do (its verdicts need the check results, so a dry run only says how)."""
-        for check, target, line in gate.plan_lines(self.m.gated_by, self.m.steps, selected):
-            self._say(f"gate    {line}")
-            if self.events_mirror:
-                self.events_mirror.write(json.dumps({"event": "plan", "step": check, "action": "gate",
-                                                     "regenerates": target, "reason": line}) + "\n")
-
     # -------------------------------------------------------------------------------------- reporting
-    def _options_dict(self) -> dict[str, Any]:
-        return {"force": sorted(self.opts.force), "only": sorted(self.opts.only), "until": sorted(self.opts.until),
-                "dry_run": self.opts.dry_run, "explain": self.opts.explain, "jobs": self.opts.jobs,
-                "gpus": [g.index for g in self.slots.gpus] if self.slots else None, "executor": self.opts.executor}
-
-    def _write_trace(self, exit_code: int, status: str, wall_s: float) -> None:
-        report.write_trace(self.wd.trace, {
-            "run_id": self.run_id, "manifest": str(self.m.path), "workdir": str(self.workdir),
-            "params": self.m.params, "exit_code": exit_code, "status": status, "wall_s": round(wall_s, 3),
-            "workers": {w: (i.as_dict() if isinstance(i, WorkerIdentity) else {"error": str(i)})
-                        for w, i in (self.planner.identities.items() if self.planner else ())},
-            "steps": {sid: t.as_dict() for sid, t in self.trace.items()},
-            "gate_never_passed": self._gate_never_passed()})
-
-    def _gate_never_passed(self) -> dict[str, list[int]]:
-        """Gated step -> its items whose regenerations ran out without passing (the last candidate stands)."""
-        return dict(self.coordinator.gates.never_passed) if self.coordinator is not None else {}
-
-    def _say(self, text: str) -> None:
+    def say(self, text: str) -> None:
         if self.console is not None:
             self.console.write(text + "\n")
             self.console.flush()
-
-    def _print_summary(self, exit_code: int) -> None:
-        if self.console is None:
-            return
-        if not self.opts.quiet:
-            rows = [(sid, self.m.steps[sid].worker, self.trace[sid]) for sid in self.m.order if sid in self.trace]
-            report.print_summary(self.console, f"run {self.run_id}", rows)
-        counts = ", ".join(f"{n} {s}" for s, n in sorted(report.status_counts(self.trace).items()))
-        self._say(f"run {self.run_id}: exit {exit_code} ({counts}); trace: {self.wd.trace}")
-

@@ -8,68 +8,28 @@ pid) is not fsynced one by one: after a power loss the worst case is a unit that
 record and its attempt in one transaction, so a committed unit never has an attempt that reads `running` or
 `abandoned`. Results larger than INLINE_RESULT_BYTES live in `.bridge/results/` (the row keeps name, size and
 sha256), so one big answer does not grow the database by its size. Only the coordinator thread writes.
-The format (tables, version, migration) is in `state_format`.
+The format (tables, version, migration) is in `state_format`, the record values in `state_records`, results
+kept in files in `state_results`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import safefs
+from . import state_results
 from .state_format import STATE_FORMAT, WHOLE_STEP, StateFormatError, open_format
+from .state_records import STEP_COLUMNS, AbandonedAttempt, AttemptEnd, StepRecord, dump_json, load_json, record_from_row
+from .state_results import INLINE_RESULT_BYTES
 
-__all__ = ["STATE_FORMAT", "WHOLE_STEP", "AttemptEnd", "StateDB", "StateFormatError", "StepRecord"]
-
-INLINE_RESULT_BYTES = 64 * 1024
-
-
-@dataclass
-class StepRecord:
-    step_id: str
-    status: str
-    committed_key: str | None
-    components: dict[str, Any] | None
-    result: dict[str, Any] | None  # None until `StateDB.load_result` when the result is kept in a file
-    outputs: list[dict[str, Any]]
-    committed_dir: str | None
-    last_key: str | None
-    last_error: dict[str, Any] | None
-    result_file: dict[str, Any] | None = None
-    item: int = WHOLE_STEP
-
-    @property
-    def committed(self) -> bool:
-        return self.committed_key is not None
-
-
-@dataclass
-class AttemptEnd:
-    status: str  # committed | failed | interrupted
-    exit_code: int | None = None
-    error_kind: str | None = None
-    message: str | None = None
-    retryable: bool | None = None
-    wall_s: float = 0.0
-    peak_rss_mb: float | None = None
-
-
-@dataclass
-class AbandonedAttempt:
-    run_id: str
-    step_id: str
-    attempt: int
-    worker_pid: int | None
-    worker_started: float | None
-    item: int = WHOLE_STEP
+__all__ = ["INLINE_RESULT_BYTES", "STATE_FORMAT", "WHOLE_STEP", "AbandonedAttempt", "AttemptEnd", "StateDB",
+           "StateFormatError", "StepRecord"]
 
 
 class StateDB:
@@ -141,27 +101,24 @@ class StateDB:
                             "WHERE run_id=? AND status='running'", (status, now, error["kind"], error["message"], run_id))
             self.db.execute("UPDATE steps SET status=?, last_error=?, updated_at=? "
                             "WHERE status IN ('running', 'waiting')",
-                            (status, _dump(error), now))
+                            (status, dump_json(error), now))
 
     # steps --------------------------------------------------------------------------------------------
     def step(self, step_id: str, item: int = WHOLE_STEP) -> StepRecord | None:
-        row = self.db.execute("SELECT step_id, status, committed_key, components, result, outputs, committed_dir, "
-                              "last_key, last_error, result_file, item FROM steps WHERE step_id=? AND item=?",
+        row = self.db.execute(f"SELECT {STEP_COLUMNS} FROM steps WHERE step_id=? AND item=?",
                               (step_id, item)).fetchone()
-        return None if row is None else _record(row)
+        return None if row is None else record_from_row(row)
 
     def step_items(self, step_id: str) -> dict[int, StepRecord]:
         """Every item row of a foreach step, by item."""
-        rows = self.db.execute("SELECT step_id, status, committed_key, components, result, outputs, committed_dir, "
-                               "last_key, last_error, result_file, item FROM steps WHERE step_id=? AND item>=0",
+        rows = self.db.execute(f"SELECT {STEP_COLUMNS} FROM steps WHERE step_id=? AND item>=0",
                                (step_id,)).fetchall()
-        return {row[10]: _record(row) for row in rows}
+        return {row[10]: record_from_row(row) for row in rows}
 
     def committed_items_with_key(self, step_id: str, key: str) -> list[StepRecord]:
-        rows = self.db.execute("SELECT step_id, status, committed_key, components, result, outputs, committed_dir, "
-                               "last_key, last_error, result_file, item FROM steps WHERE step_id=? AND item>=0 "
+        rows = self.db.execute(f"SELECT {STEP_COLUMNS} FROM steps WHERE step_id=? AND item>=0 "
                                "AND committed_key=? ORDER BY item", (step_id, key)).fetchall()
-        return [_record(row) for row in rows]
+        return [record_from_row(row) for row in rows]
 
     def forget_items(self, step_id: str, from_item: int) -> None:
         """Item rows at or past `from_item` (the list got shorter), or every item row (`from_item` 0)."""
@@ -175,7 +132,7 @@ class StateDB:
             "INSERT INTO steps(step_id, item, status, last_key, last_error, updated_at) VALUES (?,?,?,?,?,?) "
             "ON CONFLICT(step_id, item) DO UPDATE SET status=excluded.status, last_key=excluded.last_key, "
             "last_error=excluded.last_error, updated_at=excluded.updated_at",
-            (step_id, item, status, last_key, _dump(last_error), time.time()))
+            (step_id, item, status, last_key, dump_json(last_error), time.time()))
 
     def mark_running(self, step_id: str, key: str, item: int = WHOLE_STEP) -> None:
         self._upsert_status(step_id, item, "running", key, None)
@@ -193,8 +150,8 @@ class StateDB:
                     item: int = WHOLE_STEP) -> None:
         """The unit's committed record and the end of the attempt that made it (None: reused, no attempt),
         in one transaction."""
-        prefix = _result_prefix(step_id, item)
-        inline, result_file = self._store_result(prefix, result)
+        prefix = state_results.result_prefix(step_id, item)
+        inline, result_file = state_results.store_result(self.results_dir, prefix, result)
         now = time.time()
         with self._transaction(durable=True):
             self.db.execute(
@@ -205,21 +162,21 @@ class StateDB:
                 "committed_dir=excluded.committed_dir, committed_at=excluded.committed_at, "
                 "last_key=excluded.last_key, last_error=NULL, updated_at=excluded.updated_at, "
                 "result_file=excluded.result_file",
-                (step_id, item, "committed", key, _dump(components), inline, _dump(outputs), committed_dir, now, key,
-                 now, _dump(result_file)))
+                (step_id, item, "committed", key, dump_json(components), inline, dump_json(outputs), committed_dir, now, key,
+                 now, dump_json(result_file)))
             if attempt_row is not None:
                 self._end_attempt(attempt_row, end)
-        self._drop_result_files(prefix, keep=result_file["name"] if result_file else None)
+        state_results.drop_result_files(self.results_dir, prefix, keep=result_file["name"] if result_file else None)
 
     def gate_record(self, step_id: str, item: int) -> dict[str, Any] | None:
         """The quality-gate record of an item a gate regenerates (see bridge/gate_keeper.py), or None."""
         row = self.db.execute("SELECT gate FROM steps WHERE step_id=? AND item=?", (step_id, item)).fetchone()
-        return None if row is None else _load(row[0])
+        return None if row is None else load_json(row[0])
 
     def set_gate_record(self, step_id: str, item: int, record: dict[str, Any]) -> None:
         """Written before the regeneration it announces is decided, so a killed run resumes from it."""
         self.db.execute("UPDATE steps SET gate=?, updated_at=? WHERE step_id=? AND item=?",
-                        (_dump(record), time.time(), step_id, item))
+                        (dump_json(record), time.time(), step_id, item))
 
     def mark_cache_hit(self, step_id: str, item: int = WHOLE_STEP) -> None:
         # The WHERE clause skips rows that already say so: no write, no fsync, for each of many cached steps.
@@ -227,49 +184,16 @@ class StateDB:
                         "WHERE step_id=? AND item=? AND (status != 'committed' OR last_error IS NOT NULL "
                         "OR last_key IS NOT committed_key)", (time.time(), step_id, item))
 
-    # results kept in files ----------------------------------------------------------------------------
-    def _store_result(self, prefix: str, result: Any) -> tuple[str | None, dict[str, Any] | None]:
-        """(inline JSON, None) for a small result; (None, file reference) for a large one, written durably."""
-        text = _dump(result)
-        data = text.encode("utf-8") if text is not None else b""
-        if text is None or len(data) <= INLINE_RESULT_BYTES:
-            return text, None
-        digest = hashlib.sha256(data).hexdigest()
-        name = f"{prefix}{digest[:16]}.json"
-        safefs.replace_file(self.results_dir / name, data, durable=True)
-        return None, {"name": name, "bytes": len(data), "sha256": digest}
-
+    # results kept in files (bridge/state_results.py) ------------------------------------------------------
     def load_result(self, rec: StepRecord) -> str | None:
         """Read a result kept in a file into `rec.result`; None when it verifies, else why it does not."""
-        ref = rec.result_file
-        if ref is None or rec.result is not None:
-            return None
-        path = self.results_dir / ref["name"]
-        try:
-            fd = safefs.open_nofollow(path, os.O_RDONLY)
-            with os.fdopen(fd, "rb") as f:
-                data = f.read()
-        except FileNotFoundError:
-            return f"result file {path} is missing"
-        except (OSError, safefs.UnsafePath) as exc:
-            return f"result file {path} is missing (unreadable: {exc})"
-        if len(data) != ref["bytes"] or hashlib.sha256(data).hexdigest() != ref["sha256"]:
-            return f"result file {path} differs from its recorded sha256"
-        rec.result = json.loads(data)
-        return None
-
-    def _drop_result_files(self, prefix: str, keep: str | None) -> None:
-        for name in os.listdir(self.results_dir):
-            if name.startswith(prefix) and name != keep:
-                safefs.remove_entry(self.results_dir / name)
+        return state_results.load_result(self.results_dir, rec)
 
     def prune_result_files(self) -> None:
         """Result files no record names (left by a runner killed between writing one and committing)."""
-        kept = {_load(row[0])["name"] for row in self.db.execute("SELECT result_file FROM steps "
-                                                                  "WHERE result_file IS NOT NULL")}
-        for name in os.listdir(self.results_dir):
-            if name not in kept:
-                safefs.remove_entry(self.results_dir / name)
+        names = (load_json(row[0])["name"] for row in self.db.execute("SELECT result_file FROM steps "
+                                                                      "WHERE result_file IS NOT NULL"))
+        state_results.drop_unnamed_result_files(self.results_dir, names)
 
     # attempts -----------------------------------------------------------------------------------------
     def start_attempt(self, run_id: str, step_id: str, attempt: int, key: str, staging_dir: str, *,
@@ -277,7 +201,7 @@ class StateDB:
         cur = self.db.execute("INSERT INTO attempts(run_id, step_id, attempt, cache_key, status, started_at, "
                               "staging_dir, item, devices, queue_wait_s) VALUES (?,?,?,?,?,?,?,?,?,?)",
                               (run_id, step_id, attempt, key, "running", time.time(), staging_dir, item,
-                               _dump(devices), queue_wait_s))
+                               dump_json(devices), queue_wait_s))
         return int(cur.lastrowid)
 
     def set_attempt_worker(self, row_id: int, pid: int, started: float | None) -> None:
@@ -331,23 +255,3 @@ def _in_memory_copy(path: Path) -> sqlite3.Connection:
 
 def _stamp(st: os.stat_result) -> tuple[int, int, int, int]:
     return st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns
-
-
-def _record(row: tuple) -> StepRecord:
-    return StepRecord(step_id=row[0], status=row[1], committed_key=row[2], components=_load(row[3]),
-                      result=_load(row[4]), outputs=_load(row[5]) or [], committed_dir=row[6],
-                      last_key=row[7], last_error=_load(row[8]), result_file=_load(row[9]), item=row[10])
-
-
-def _result_prefix(step_id: str, item: int) -> str:
-    """Result file names start with this; neither '.' nor '~' occurs in a step id, so no prefix names another
-    unit's files."""
-    return f"{step_id}." if item == WHOLE_STEP else f"{step_id}~{item}."
-
-
-def _dump(value: Any) -> str | None:
-    return None if value is None else json.dumps(value, ensure_ascii=False, sort_keys=True)
-
-
-def _load(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
