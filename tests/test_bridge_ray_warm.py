@@ -186,3 +186,15 @@ def test_a_retry_after_a_crash_stays_off_the_node_it_crashed_on(cluster, tmp_pat
     assert [a["error_kind"] for a in attempts] == ["crash", None] * 6
     for crashed, retried in zip(attempts[::2], attempts[1::2], strict=True):
         assert retried["node"]["node_id"] != crashed["node"]["node_id"]  # the other node: both can take it
+
+
+def test_steps_that_fit_one_gpu_together_share_it_with_ray_gpu_gb(cluster, tmp_path):
+    log = tmp_path / "jobs.log"
+    steps = _items(4, sleep_s=2.0, log_file=str(log))
+    steps[1] = {**steps[1], "resources": {"gpu": 1, "vram_gb": 8}, "ignore_input_files": ["log_file"]}
+    code, out, _ = run_runner(write_manifest(tmp_path, _manifest(steps)), COMMITTED_SCHEMAS, jobs=4,
+                              executor="ray", ray=RayOptions(data="shared", gpu_gb=16))  # half a GPU each
+    assert code == 0, out
+    jobs = [json.loads(line) for line in log.read_text("utf-8").splitlines()]
+    assert max(j["start"] for j in jobs) < min(j["end"] for j in jobs)  # all 4 at once on the 2 GPUs
+    assert sorted(j["cvd"] for j in jobs) == ["0", "0", "1", "1"]
