@@ -103,6 +103,16 @@ class AttemptThreads:
             thread.join()
 
 
+def all_at_once(work: Callable[[Any], None], items: list[Any], name: str) -> None:
+    """`work` on every item, each on a thread of its own, and wait for all: stopping idle warm processes, each
+    of which (torch loaded) takes a second or more to exit, at the end of a run that leaves several."""
+    threads = [threading.Thread(target=work, args=(item,), name=name) for item in items]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
 class LocalExecutor:
     """One worker process per attempt."""
 

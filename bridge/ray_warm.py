@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import ray_actor
 from .answer import AttemptOutcome
-from .executor import AttemptRequest
+from .executor import AttemptRequest, all_at_once
 from .ray_follow import Follow, Interrupted, Lost, wait_placed, wait_ref
 from .ray_placement import TaskResources
 from .warm_pool import READY_TIMEOUT_S, model_key
@@ -136,7 +136,11 @@ class RayWarmPool:
         if taken:
             self._kill(actor)
             return taken[0], None
-        node = {**self.x.ray.get(where), "data": self.x.opts.data}
+        try:
+            node = {**self.x.ray.get(where), "data": self.x.opts.data}
+        except self.x.ray.exceptions.RayError as exc:  # it died while being placed (its node lost, say)
+            self._kill(actor)
+            raise Lost(f"lost while starting: {type(exc).__name__}: {str(exc).strip()[:2000]}") from None
         info = self._started(actor, node, min(READY_TIMEOUT_S, max(0.0, deadline - time.monotonic())))
         if "start_error" not in info:
             holds = {name: amount for name, amount in need.wanted().items() if name != "CPU"}
@@ -228,13 +232,7 @@ class RayWarmPool:
         self._closed.set()
         with self._lock:
             idle, self._idle = self._idle, []
-        # all at once: a process with torch loaded takes a second or more to exit
-        stoppers = [threading.Thread(target=self._drop, args=(host,), name="ray-warm-stop") for host in idle]
-        for stopper in stoppers:
-            stopper.start()
-        for stopper in stoppers:
-            stopper.join()
-
+        all_at_once(self._drop, idle, "ray-warm-stop")
 
 def _key(request: AttemptRequest, need: TaskResources) -> str:
     """Requests with one key can share an actor: same worker argv, environment, directory and resources."""

@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .answer import AttemptOutcome
-from .executor import AttemptRequest, AttemptThreads, LocalExecutor, Post, Started, WorkerEvent
+from .executor import AttemptRequest, AttemptThreads, LocalExecutor, Post, Started, WorkerEvent, all_at_once
 from .resources import SlotPool
 from .schemas import SchemaStore
 from .serve_client import RequestNotSent, ServeClient, WarmState
@@ -199,12 +199,7 @@ class WarmPoolExecutor:
         self._closed.set()
         with self._lock:
             idle, self._idle = self._idle, []
-        # all at once: a process with torch loaded takes a second or more to exit, and a pipeline leaves several
-        stoppers = [threading.Thread(target=self._drop, args=(slot,), name="warm-stop") for slot in idle]
-        for stopper in stoppers:
-            stopper.start()
-        for stopper in stoppers:
-            stopper.join()
+        all_at_once(self._drop, idle, "warm-stop")
         self._spawner.shutdown(wait=True)
 
 

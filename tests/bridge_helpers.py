@@ -110,3 +110,13 @@ def bridge_env(schemas: Path) -> dict[str, str]:
     env["STORYBRIDGE_SCHEMA_DIR"] = str(schemas)
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     return env
+
+
+def process_alive(proc) -> bool:
+    """A psutil.Process still running (a zombie, dead and not reaped yet, is not)."""
+    import psutil
+
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

@@ -18,6 +18,7 @@ from bridge_helpers import (
     bare_manifest,
     bridge_env,
     events,
+    process_alive,
     run_runner,
     state_rows,
     trace,
@@ -170,7 +171,7 @@ def test_runner_killed_stops_the_worker_on_the_node_and_resume_commits_once(clus
         worker = psutil.Process(int(counts.read_text().split()[0]))
         runner.send_signal(signal.SIGKILL)
         runner.wait(10)
-        assert wait_for(lambda: not _alive(worker), timeout_s=30)  # the driver's death took the worker along
+        assert wait_for(lambda: not process_alive(worker), timeout_s=30)  # the driver's death took the worker along
     finally:
         if runner.poll() is None:
             runner.kill()
@@ -183,16 +184,13 @@ def test_runner_killed_stops_the_worker_on_the_node_and_resume_commits_once(clus
     assert (wd / "steps/h/o.txt").read_text() == "o"
 
 
-def _alive(proc: psutil.Process) -> bool:
-    try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
 
 @pytest.mark.parametrize("warm", [False, True])
 def test_a_lost_node_is_a_crash_retried_on_another_node(cluster, tmp_path, warm):
-    doomed = cluster.add_node(num_cpus=1, resources={"doomed": 1})
+    # The items each take a `slot`: 2 on the doomed node, 2 on a spare one (a warm actor holds no CPUs, so only a
+    # resource it holds spreads actors over nodes).
+    doomed = cluster.add_node(num_cpus=2, resources={"doomed": 1, "slot": 2})
+    spare = cluster.add_node(num_cpus=2, resources={"slot": 2})
     cluster.wait_for_nodes()
     hold = tmp_path / "hold"  # the items run until it is removed: the doomed node's attempt can only be lost
     hold.write_text("")
@@ -201,7 +199,7 @@ def test_a_lost_node_is_a_crash_retried_on_another_node(cluster, tmp_path, warm)
                                         "outputs": {"i.txt": "${item}"}}})
     doc = bare_manifest([
         {"id": "list", "worker": "bare", "args": {"echo": ["0", "1", "2", "3"]}},
-        {"id": "each", "foreach": "${steps.list.result.echo}", **each},
+        {"id": "each", "foreach": "${steps.list.result.echo}", "resources": {"custom": {"slot": 1}}, **each},
     ], max_attempts=2, workers={"bare": [sys.executable, BARE], "pool": [sys.executable, POOL]})
     path = write_manifest(tmp_path, doc)
     result = {}
@@ -211,7 +209,7 @@ def test_a_lost_node_is_a_crash_retried_on_another_node(cluster, tmp_path, warm)
                                                       ray=RayOptions(data="shared"))  # `hold` is seen as is
 
     thread = threading.Thread(target=run)
-    thread.start()  # 4 items at once on 4 CPUs: one lands on the doomed node
+    thread.start()  # 4 items at once on 4 slots: two land on the doomed node
     wd = tmp_path / "t.work"
 
     def on_doomed() -> list[dict]:
@@ -225,6 +223,7 @@ def test_a_lost_node_is_a_crash_retried_on_another_node(cluster, tmp_path, warm)
     finally:
         hold.unlink()
         thread.join(120)
+        cluster.remove_node(spare)
     assert result["code"] == 0, result["out"]
     lost = on_doomed()[0]
     attempts = [a for a in _attempts(wd, "each") if a["item"] == lost["item"]]

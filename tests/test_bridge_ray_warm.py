@@ -17,6 +17,7 @@ from bridge_helpers import (
     REPO,
     bridge_env,
     events,
+    process_alive,
     run_runner,
     state_rows,
     trace,
@@ -158,7 +159,7 @@ def test_runner_killed_takes_the_warm_actors_and_their_processes_along(cluster, 
         worker = psutil.Process(int(marker.read_text().split()[0]))
         runner.send_signal(signal.SIGKILL)
         runner.wait(10)
-        assert wait_for(lambda: not _alive(worker), timeout_s=30)  # the driver's actors died, and their process
+        assert wait_for(lambda: not process_alive(worker), timeout_s=30)  # the driver's actors died, and their process
     finally:
         if runner.poll() is None:
             runner.kill()
@@ -166,12 +167,6 @@ def test_runner_killed_takes_the_warm_actors_and_their_processes_along(cluster, 
     assert code == 0, out
     assert json.loads((tmp_path / "t.work/steps/h/out.txt").read_text()) == "h"
 
-
-def _alive(proc: psutil.Process) -> bool:
-    try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 @pytest.mark.parametrize("warm", [True, False])
