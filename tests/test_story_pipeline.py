@@ -185,3 +185,33 @@ def test_run_report_embeds_the_keyframes_and_the_final_video(story_run):
     assert "data:video/mp4;base64," in page
     assert page.count("NEVER PASSED") >= len(json.loads((work / "trace.json").read_text("utf-8"))
                                              ["gate_never_passed"].get("keyframes", []))
+
+
+def test_on_ray_the_story_resumes_and_warm_actors_serve_the_real_workers(story_run, tmp_path):
+    """The same manifest with `--executor ray` (a Ray instance the runner starts, data mode ship): a copy of the
+    local run's workdir resumes with nothing to do (the executor is not part of a cache key), and re-made
+    keyframes are served by warm actors, one SDXL load per actor, their images shipped back and committed."""
+    pytest.importorskip("ray")
+    from PIL import Image
+
+    _, work, argv, first = story_run
+    assert first.returncode == 0
+    copy = tmp_path / "work"
+    shutil.copytree(work, copy)
+    at = argv.index("--workdir")
+    on_ray = [*argv[:at], "--workdir", str(copy), *argv[at + 2:], "--executor", "ray", "--jobs", "2"]
+    resumed = subprocess.run(on_ray, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    trace = json.loads((copy / "trace.json").read_text("utf-8"))
+    assert {t["status"] for t in trace["steps"].values()} == {"cached"}
+
+    remade = subprocess.run([*on_ray, "--force", "keyframes", "--only", "keyframes"], capture_output=True,
+                            text=True, timeout=600)
+    assert remade.returncode == 0, remade.stdout[-3000:] + remade.stderr[-3000:]
+    items = json.loads((copy / "trace.json").read_text("utf-8"))["steps"]["keyframes"]["items"]
+    attempts = [a for item in items for a in item["attempts"]]
+    assert len(attempts) == 5 and all(a["warm"] and a["node"]["data"] == "ship" for a in attempts)
+    assert len({a["node"]["pid"] for a in attempts}) <= 2  # --jobs 2: at most two actors for five scenes
+    for keyframe in _committed(copy, "keyframes"):
+        with Image.open(keyframe["images"][0]["path"]) as image:
+            assert image.size == (keyframe["images"][0]["width"], keyframe["images"][0]["height"])
