@@ -1,8 +1,9 @@
 """`--executor ray`: each attempt is a Ray task placed on a node that has the step's resources (bridge/ray_task.py
 runs the worker there exactly as locally), or, for a worker that can serve warm, a request to a Ray actor that
-hosts its `--serve` process there (bridge/ray_warm.py, bridge/ray_actor.py). The runner process stays the head of the run: the scheduler, state.db,
-the lock, commits, events and the trace never leave it, and the classification of the answer and the atomic
-commit happen here, on the raw answer the task or actor sends back (bridge/ray_follow.py).
+hosts its `--serve` process there (bridge/ray_warm.py, bridge/ray_actor.py). The runner process stays the head
+of the run: the scheduler, state.db, the lock, commits, events and the trace never leave it, and the
+classification of the answer and the atomic commit happen here, on the raw answer the task or actor sends back
+(bridge/ray_follow.py).
 
 Data modes (docs/scale-out.md): `shared`, the workdir is on a file system every node mounts and its paths are
 used as they are; `ship`, the node gets the input files the args name, writes the outputs into a directory of
@@ -25,12 +26,11 @@ from . import ray_data, ray_task
 from .answer import AttemptOutcome
 from .executor import AttemptRequest, AttemptThreads, Post
 from .manifest import LoadedManifest
-from .ray_follow import Follow, Interrupted, Lost, not_placed, wait_placed
+from .ray_follow import STREAM_OPTIONS, Follow, Interrupted, Lost, not_placed, wait_placed
 from .ray_placement import TaskResources, cluster_has_gpus, task_resources, unplaceable
 from .schemas import SchemaStore
 from .worker_client import DescribeFailed, WorkerIdentity, write_args_file
 
-DATA_MODES = ("ship", "shared")
 #: How often the head asks the cluster which nodes are alive while attempts run: Ray itself may take minutes to
 #: fail the task of a node whose raylet was killed (measured: more than 90 s with 2.60).
 NODE_CHECK_S = 1.0
@@ -38,8 +38,6 @@ NODE_CHECK_S = 1.0
 NODE_DEATH_WAIT_S = 60.0
 #: How long a HOST:PORT address may take to accept a TCP connection before the cluster counts as unreachable.
 PROBE_TIMEOUT_S = 5.0
-#: Unconsumed objects a task may run ahead of the head (events and chunks): the bound on memory in flight.
-BACKPRESSURE_OBJECTS = 4
 
 
 @dataclass
@@ -144,10 +142,10 @@ class RayExecutor:
         return node_id in alive
 
     def short_of(self, need: TaskResources) -> set[str]:
-        """What the cluster has less of free than the attempt asks for, among what idle warm actors hold (all
-        but CPUs): evicting an idle actor can only help with those."""
+        """What the cluster has less of free than the attempt asks for, among what idle warm actors hold:
+        evicting an idle actor can only help with those."""
         free = self.ray.available_resources()
-        return {name for name, amount in need.wanted().items() if name != "CPU" and free.get(name, 0) < amount}
+        return {name for name, amount in need.held_by_actor().items() if free.get(name, 0) < amount}
 
     def submit(self, request: AttemptRequest) -> None:
         warm = self.warm.identity(request.worker) is not None
@@ -190,15 +188,14 @@ class RayExecutor:
         return options
 
     def _one_shot(self, request: AttemptRequest, need: TaskResources, avoid: set[str]) -> AttemptOutcome:
-        task = self._remote.options(**self.placement_options(need, avoid), num_returns="streaming", max_retries=0,
-                                    **self.stream_options()
+        task = self._remote.options(**self.placement_options(need, avoid), max_retries=0, **STREAM_OPTIONS
                                     ).remote({**self.host_spec(request, need), **self.request_spec(request)})
         follow = Follow(self, request, task, cancel=lambda: self.ray.cancel(task))
         started = time.monotonic()
         try:
             if not wait_placed(self, follow.ready, need, evict=self.warm.evict_one):
                 follow.cancel()
-                return self.not_placed(need, time.monotonic() - started)
+                return not_placed(self, need, time.monotonic() - started)
             follow.placed(follow.next()[1])
             return follow.outcome()
         except (Lost, Interrupted) as exc:
@@ -217,9 +214,6 @@ class RayExecutor:
         return AttemptOutcome(ok=False, kind="interrupted", message="stopped: the runner was interrupted",
                               node=node, wall_s=wall_s)
 
-    def not_placed(self, need: TaskResources, waited_s: float) -> AttemptOutcome:
-        return not_placed(self, need, waited_s)
-
     def _await_node_death(self, node_id: str) -> None:
         """A lost node can still count as alive for a while (its task saw the raylet go first): a retry placed
         then could land on it again. So the crash is reported once the cluster marks the node dead, or after
@@ -229,9 +223,6 @@ class RayExecutor:
             time.sleep(NODE_CHECK_S)
 
     # what travels -------------------------------------------------------------------------------------------
-    def stream_options(self) -> dict[str, Any]:
-        return {"_generator_backpressure_num_objects": BACKPRESSURE_OBJECTS}
-
     def host_spec(self, request: AttemptRequest, need: TaskResources) -> dict[str, Any]:
         """What the node needs to start the worker (a task's process, or a warm actor's)."""
         return {"prefix": request.prefix, "cwd": str(request.cwd), "env": request.env,

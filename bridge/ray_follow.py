@@ -29,6 +29,9 @@ POLL_S = 0.1
 #: A task or actor not placed after this long, while the cluster lacks what it asks for, evicts an idle warm
 #: actor holding some of that (its GPU, while its model stays loaded).
 EVICT_AFTER_S = 0.5
+#: The options of every streaming call (a task, an actor's `run`): at most 4 unconsumed objects (events, chunks)
+#: run ahead of the head, the bound on memory in flight.
+STREAM_OPTIONS = {"num_returns": "streaming", "_generator_backpressure_num_objects": 4}
 
 
 class Lost(Exception):
@@ -83,6 +86,17 @@ def not_placed(x: RayExecutor, need: TaskResources, waited_s: float) -> AttemptO
     why = unplaceable(need.wanted(), x.ray.nodes()) or "the cluster changed while it waited"
     return AttemptOutcome(ok=False, kind="placement", retryable=False, wall_s=round(waited_s, 4), message=(
         f"not placed within --placement-timeout-s {x.opts.placement_timeout_s:g}: {why}"))
+
+
+def lost_on(node: dict[str, Any] | None, text: str) -> str:
+    """The message of a Lost attempt: where (the node, when known) and what happened."""
+    where = f"node {node['node_id'][:12]} ({node['node_ip']})" if node else "a node"
+    return f"lost on {where}: {text}"
+
+
+def error_text(exc: Exception) -> str:
+    """A Ray error as a message line (Ray's own text, which can run long, cut)."""
+    return f"{type(exc).__name__}: {str(exc).strip()[:2000]}"
 
 
 class Follow:
@@ -177,11 +191,10 @@ class Follow:
         except ray.exceptions.TaskCancelledError:
             raise Interrupted from None
         except ray.exceptions.RayError as exc:
-            raise Lost(self.where(f"{type(exc).__name__}: {str(exc).strip()[:2000]}")) from None
+            raise Lost(self.where(error_text(exc))) from None
 
     def where(self, text: str) -> str:
-        node = f"node {self.node['node_id'][:12]} ({self.node['node_ip']})" if self.node else "a node"
-        return f"lost on {node}: {text}"
+        return lost_on(self.node, text)
 
     def wait_ended(self, timeout_s: float) -> None:
         """After a cancel: give the task the time to stop its worker's tree (TERM, kill_grace_s, KILL)."""

@@ -39,6 +39,11 @@ class TaskResources:
             options["resources"] = dict(self.custom)
         return options
 
+    def held_by_actor(self) -> dict[str, float]:
+        """What a warm actor of this step holds while it lives, idle or not: all it asks for but CPUs
+        (bridge/ray_warm.py); so all that evicting an idle actor can free."""
+        return {name: amount for name, amount in self.wanted().items() if name != "CPU"}
+
     def wanted(self) -> dict[str, float]:
         """As Ray names node resources (`ray.nodes()[i]["Resources"]`)."""
         wanted = {"CPU": self.num_cpus, "GPU": self.num_gpus, "memory": self.memory_bytes or 0, **self.custom}

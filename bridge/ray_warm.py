@@ -32,9 +32,19 @@ from typing import TYPE_CHECKING, Any
 from . import ray_actor
 from .answer import AttemptOutcome
 from .executor import AttemptRequest, all_at_once
-from .ray_follow import Follow, Interrupted, Lost, wait_placed, wait_ref
+from .ray_follow import (
+    STREAM_OPTIONS,
+    Follow,
+    Interrupted,
+    Lost,
+    error_text,
+    lost_on,
+    not_placed,
+    wait_placed,
+    wait_ref,
+)
 from .ray_placement import TaskResources
-from .warm_pool import READY_TIMEOUT_S, model_key
+from .warm_pool import READY_TIMEOUT_S, model_key, warm_identity
 from .worker_client import DescribeFailed, WorkerIdentity
 
 if TYPE_CHECKING:
@@ -71,9 +81,7 @@ class RayWarmPool:
         self._reaper.start()
 
     def identity(self, worker: str) -> WorkerIdentity | None:
-        found = self.identities.get(worker)
-        usable = isinstance(found, WorkerIdentity) and found.warm and worker not in self._not_warm
-        return found if usable else None
+        return warm_identity(self.identities, worker, self._not_warm)
 
     # one attempt --------------------------------------------------------------------------------------------
     def attempt(self, request: AttemptRequest, need: TaskResources, avoid: set[str]) -> AttemptOutcome | None:
@@ -95,9 +103,9 @@ class RayWarmPool:
 
     def _request(self, host: _Host, request: AttemptRequest, mkey: str | None, deadline: float,
                  started: float) -> AttemptOutcome:
-        spec = {**self.x.request_spec(request), "request_id": f"{request.unit[0]}.{request.unit[1]}.{request.attempt}",
-                "timeout_s": max(0.0, deadline - time.monotonic())}
-        stream = host.actor.run.options(num_returns="streaming", **self.x.stream_options()).remote(spec)
+        spec = {**self.x.request_spec(request), "timeout_s": max(0.0, deadline - time.monotonic()),
+                "request_id": f"{request.unit[0]}.{request.unit[1]}.{request.attempt}"}
+        stream = host.actor.run.options(**STREAM_OPTIONS).remote(spec)
         follow = Follow(self.x, request, stream, cancel=lambda: host.actor.cancel.remote())
         follow.placed(host.node, warm=True, pid=host.pid)
         try:
@@ -132,35 +140,33 @@ class RayWarmPool:
         placing = time.monotonic()
         if not wait_placed(self.x, placed_or_taken, need, evict=lambda short: self.evict_one(short, but=key)):
             self._kill(actor)
-            return None, self.x.not_placed(need, time.monotonic() - placing)
+            return None, not_placed(self.x, need, time.monotonic() - placing)
         if taken:
             self._kill(actor)
             return taken[0], None
         try:
-            node = {**self.x.ray.get(where), "data": self.x.opts.data}
+            node = self.x.ray.get(where)
         except self.x.ray.exceptions.RayError as exc:  # it died while being placed (its node lost, say)
             self._kill(actor)
-            raise Lost(f"lost while starting: {type(exc).__name__}: {str(exc).strip()[:2000]}") from None
+            raise Lost(lost_on(None, f"the actor died while starting: {error_text(exc)}")) from None
         info = self._started(actor, node, min(READY_TIMEOUT_S, max(0.0, deadline - time.monotonic())))
         if "start_error" not in info:
-            holds = {name: amount for name, amount in need.wanted().items() if name != "CPU"}
-            return _Host(actor, key, request.worker, node, info["pid"], holds), None
+            return _Host(actor, key, request.worker, node, info["pid"], need.held_by_actor()), None
         self._kill(actor)
         return None, self._start_failed(request, info["start_error"])
 
     def _started(self, actor: Any, node: dict[str, Any], ready_timeout_s: float) -> dict[str, Any]:
         """The actor's answer to `start` ({"pid"} or {"start_error"}); Lost (with the node) or Interrupted."""
-        where = f"lost on node {node['node_id'][:12]} ({node['node_ip']})"
         ready = actor.start.remote(ready_timeout_s)
         try:
-            while not wait_ref(self.x, ready, node, lambda: self._stop(actor), lambda t: f"{where}: {t}"):
+            while not wait_ref(self.x, ready, node, lambda: self._stop(actor), lambda t: lost_on(node, t)):
                 pass
             return self.x.ray.get(ready)
         except Lost as exc:
             raise Lost(str(exc), node) from None
         except self.x.ray.exceptions.RayError as exc:
             self._kill(actor)
-            raise Lost(f"{where}: {type(exc).__name__}: {str(exc).strip()[:2000]}", node) from None
+            raise Lost(lost_on(node, error_text(exc)), node) from None
 
     def _start_failed(self, request: AttemptRequest, why: str) -> AttemptOutcome | None:
         if why == "cancelled":

@@ -78,9 +78,7 @@ class WarmPoolExecutor:
         self._reaper.start()
 
     def _warm(self, worker: str) -> WorkerIdentity | None:
-        found = self.identities.get(worker)
-        usable = isinstance(found, WorkerIdentity) and found.warm and worker not in self._not_warm
-        return found if usable else None
+        return warm_identity(self.identities, worker, self._not_warm)
 
     def submit(self, request: AttemptRequest) -> None:
         if self._warm(request.worker) is None:
@@ -201,6 +199,15 @@ class WarmPoolExecutor:
             idle, self._idle = self._idle, []
         all_at_once(self._drop, idle, "warm-stop")
         self._spawner.shutdown(wait=True)
+
+
+def warm_identity(identities: dict[str, WorkerIdentity | DescribeFailed], worker: str,
+                  not_warm: set[str]) -> WorkerIdentity | None:
+    """The worker's identity when it serves warm (it says `warm: true`, and its `--serve` has not failed to
+    start in this run); else None: it runs one process per attempt."""
+    found = identities.get(worker)
+    usable = isinstance(found, WorkerIdentity) and found.warm and worker not in not_warm
+    return found if usable else None
 
 
 def model_key(identity: WorkerIdentity | None, args: dict) -> str | None:
